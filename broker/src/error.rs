@@ -1,0 +1,24 @@
+//! The broker's failures. The program under test never causes these.
+
+/// A failure of the queue, the event log or the fan-out.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Redis is unreachable or answered with an error; callers map this to UNAVAILABLE.
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// Stored data did not parse: a bug or a version mismatch, never user input.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// No submission with this id (or it expired).
+    #[error("submission {0} not found")]
+    NotFound(String),
+    /// The queue is at its configured maximum.
+    #[error("the queue is full ({0} jobs waiting)")]
+    QueueFull(u64),
+    /// The broker is shutting down.
+    #[error("broker closed")]
+    Closed,
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

@@ -1,0 +1,156 @@
+//! In-process fan-out: one broadcast channel per watched submission, shared by every local
+//! subscriber of it, with a reference count so the backend subscribes once and
+//! unsubscribes when the last local subscriber leaves.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::types::Event;
+
+/// What a local subscriber receives.
+#[derive(Debug, Clone)]
+pub enum Signal {
+    /// A live event, in publish order.
+    Event(Arc<Event>),
+    /// Events may have been lost (lag, reconnect): re-read the log from the last seq.
+    Resync,
+}
+
+/// Requests to the backend's subscription task. Sent in order, executed in order, so a
+/// quick unsubscribe/subscribe pair can never end unsubscribed.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Subscribe(String, oneshot::Sender<()>),
+    Unsubscribe(String),
+}
+
+struct Entry {
+    count: usize,
+    tx: broadcast::Sender<Signal>,
+}
+
+/// The table of watched submissions.
+pub(crate) struct Hub {
+    channels: Mutex<HashMap<String, Entry>>,
+    capacity: usize,
+    control: Option<mpsc::UnboundedSender<Control>>,
+}
+
+impl Hub {
+    pub(crate) fn new(capacity: usize, control: Option<mpsc::UnboundedSender<Control>>) -> Arc<Self> {
+        Arc::new(Hub { channels: Mutex::new(HashMap::new()), capacity, control })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding this lock leaves the map consistent (single inserts/removes).
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Joins the fan-out for `id`. Waits until the backend confirms the subscription, so
+    /// that anything published after this returns is seen.
+    pub(crate) async fn join(self: &Arc<Self>, id: &str) -> LiveEvents {
+        let (rx, first) = {
+            let mut table = self.table();
+            match table.get_mut(id) {
+                Some(entry) => {
+                    entry.count += 1;
+                    (entry.tx.subscribe(), false)
+                }
+                None => {
+                    let (tx, rx) = broadcast::channel(self.capacity);
+                    table.insert(id.to_owned(), Entry { count: 1, tx });
+                    (rx, true)
+                }
+            }
+        };
+        let live = LiveEvents { rx, _guard: Guard { hub: Arc::clone(self), id: id.to_owned() } };
+        if let Some(control) = &self.control {
+            // Every joiner waits for a confirmation: the first sends SUBSCRIBE, later ones
+            // wait behind it in the same ordered queue.
+            let (done_tx, done_rx) = oneshot::channel();
+            let _ = first;
+            if control.send(Control::Subscribe(id.to_owned(), done_tx)).is_ok() {
+                let _ = done_rx.await;
+            }
+        }
+        live
+    }
+
+    /// True while some local subscriber watches `id` (checked before unsubscribing).
+    pub(crate) fn is_watched(&self, id: &str) -> bool {
+        self.table().contains_key(id)
+    }
+
+    /// Hands a live event to the local subscribers of its submission.
+    pub(crate) fn deliver(&self, event: Event) {
+        let table = self.table();
+        if let Some(entry) = table.get(&event.submission_id) {
+            let _ = entry.tx.send(Signal::Event(Arc::new(event)));
+        }
+    }
+
+    /// Tells every local subscriber to re-read its log: used after lag or a reconnect.
+    pub(crate) fn resync_all(&self) {
+        for entry in self.table().values() {
+            let _ = entry.tx.send(Signal::Resync);
+        }
+    }
+
+    /// Number of submissions watched right now (for metrics and tests).
+    pub(crate) fn watched(&self) -> usize {
+        self.table().len()
+    }
+
+    fn leave(&self, id: &str) {
+        let last = {
+            let mut table = self.table();
+            match table.get_mut(id) {
+                Some(entry) if entry.count > 1 => {
+                    entry.count -= 1;
+                    false
+                }
+                Some(_) => {
+                    table.remove(id);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            if let Some(control) = &self.control {
+                let _ = control.send(Control::Unsubscribe(id.to_owned()));
+            }
+        }
+    }
+}
+
+struct Guard {
+    hub: Arc<Hub>,
+    id: String,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.hub.leave(&self.id);
+    }
+}
+
+/// A local subscriber's live feed for one submission. Dropping it leaves the fan-out.
+pub struct LiveEvents {
+    rx: broadcast::Receiver<Signal>,
+    _guard: Guard,
+}
+
+impl LiveEvents {
+    /// The next signal; a lagging receiver gets `Resync` instead of silently losing events.
+    /// `None` when the broker shut down.
+    pub async fn recv(&mut self) -> Option<Signal> {
+        match self.rx.recv().await {
+            Ok(signal) => Some(signal),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(Signal::Resync),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The broker: how jobs reach workers and how events reach subscribers.
+//!
+//! Two backends share one contract ([`Broker`]): Redis for many processes on many
+//! machines, and memory for one standalone process. The same test suite runs against
+//! both (`broker/tests/contract.rs`). Nothing here knows about GraphQL or sandboxes.
+
+mod error;
+mod hub;
+mod memory;
+mod redis;
+mod types;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use error::{BrokerError, Result};
+pub use hub::{LiveEvents, Signal};
+pub use memory::MemoryBroker;
+pub use redis::{RedisBroker, RedisSettings};
+pub use types::*;
+pub use watch::{watch, EventStream};
+
+/// A job handed to one worker, to be acknowledged once its outcome is stored.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Backend-specific delivery id (a stream entry id on Redis).
+    pub id: String,
+    pub job: Job,
+    /// How many times this job was delivered before (0 on first delivery).
+    pub redeliveries: u64,
+}
+
+/// Tunables shared by both backends.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// How long a submission's record and event log live after their last write.
+    pub ttl: Duration,
+    /// Submits beyond this many waiting jobs are refused (0 = unbounded).
+    pub max_queue: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings { ttl: Duration::from_secs(24 * 3600), max_queue: 10_000 }
+    }
+}
+
+/// The contract both backends keep. Event `seq` numbers are assigned here, atomically
+/// with the append to the log and the publish, so they never repeat or go back, even
+/// when two workers race on one submission.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Stores the record, publishes QueuedEvent (seq 1) and enqueues the job, atomically.
+    async fn submit(&self, job: &Job) -> Result<Event>;
+
+    /// The current record with its live status; `None` when unknown or expired.
+    async fn submission(&self, id: &str) -> Result<Option<Submission>>;
+
+    /// Appends a non-final event to the log and publishes it. `None` when the submission
+    /// already finished (the event is discarded: someone else's final write won).
+    async fn publish(&self, id: &str, kind: EventKind) -> Result<Option<Event>>;
+
+    /// Stores the final record and publishes FinishedEvent, if no final write happened
+    /// before. `None` when another writer (a cancel, a duplicate run) won.
+    async fn finish(&self, submission: &Submission) -> Result<Option<Event>>;
+
+    /// The logged events with `seq > after`, in order.
+    async fn events_after(&self, id: &str, after: u64) -> Result<Vec<Event>>;
+
+    /// Joins the live feed of `id`. Anything published after this returns is delivered.
+    async fn subscribe(&self, id: &str) -> Result<LiveEvents>;
+
+    /// Waits up to `wait` for the next job for `consumer`.
+    async fn next_job(&self, consumer: &str, wait: Duration) -> Result<Option<Delivery>>;
+
+    /// Marks a delivery done so it is never redelivered.
+    async fn ack(&self, delivery: &Delivery) -> Result<()>;
+
+    /// Jobs waiting or in flight.
+    async fn queue_len(&self) -> Result<u64>;
+
+    /// Succeeds when the backend is reachable (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+
+    /// Number of submissions this process watches live (metrics, tests).
+    fn watched(&self) -> usize;
+}
+
+/// Shared handle used by the server and the worker.
+pub type SharedBroker = Arc<dyn Broker>;

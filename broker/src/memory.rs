@@ -1,0 +1,199 @@
+//! The embedded broker for `verdict standalone`: the same queue, log and fan-out as the
+//! Redis backend, held in this process. A product feature, not a test double: the broker
+//! contract tests run against it and against Redis alike.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::Notify;
+
+use crate::error::{BrokerError, Result};
+use crate::hub::{Hub, LiveEvents};
+use crate::types::{Event, EventKind, Job, Status, Submission};
+use crate::{Broker, BrokerSettings, Delivery};
+
+struct Record {
+    submission: Submission,
+    seq: u64,
+    done: bool,
+    log: Vec<Event>,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    records: HashMap<String, Record>,
+    queue: VecDeque<(u64, Job)>,
+    in_flight: HashMap<u64, Job>,
+    next_delivery: u64,
+    last_sweep: Option<Instant>,
+}
+
+/// In-process broker with Redis' semantics.
+pub struct MemoryBroker {
+    state: Mutex<State>,
+    jobs: Notify,
+    hub: Arc<Hub>,
+    settings: BrokerSettings,
+}
+
+impl MemoryBroker {
+    /// A fresh, empty broker.
+    pub fn new(settings: BrokerSettings) -> Arc<Self> {
+        Arc::new(MemoryBroker {
+            state: Mutex::new(State::default()),
+            jobs: Notify::new(),
+            hub: Hub::new(1024, None),
+            settings,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent, so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops expired records, at most once a minute, while the lock is held anyway.
+    fn sweep(state: &mut State, now: Instant) {
+        if state.last_sweep.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+            return;
+        }
+        state.last_sweep = Some(now);
+        state.records.retain(|_, r| r.expires > now);
+    }
+
+    fn append(&self, record: &mut Record, kind: EventKind) -> Event {
+        record.seq += 1;
+        if let Some(status) = kind.status() {
+            record.submission.status = status;
+        }
+        record.expires = Instant::now() + self.settings.ttl;
+        let event = Event { seq: record.seq, submission_id: record.submission.id.clone(), at: Utc::now(), kind };
+        record.log.push(event.clone());
+        event
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn submit(&self, job: &Job) -> Result<Event> {
+        let event = {
+            let mut state = self.state();
+            let now = Instant::now();
+            Self::sweep(&mut state, now);
+            let waiting = state.queue.len() as u64;
+            if self.settings.max_queue > 0 && waiting >= self.settings.max_queue {
+                return Err(BrokerError::QueueFull(waiting));
+            }
+            let mut record = Record {
+                submission: job.submission.clone(),
+                seq: 0,
+                done: false,
+                log: Vec::new(),
+                expires: now + self.settings.ttl,
+            };
+            let event = self.append(&mut record, EventKind::Queued { position: Some(waiting + 1) });
+            state.records.insert(job.submission.id.clone(), record);
+            let delivery = state.next_delivery;
+            state.next_delivery += 1;
+            state.queue.push_back((delivery, job.clone()));
+            event
+        };
+        self.jobs.notify_one();
+        self.hub.deliver(event.clone());
+        Ok(event)
+    }
+
+    async fn submission(&self, id: &str) -> Result<Option<Submission>> {
+        let state = self.state();
+        Ok(state.records.get(id).filter(|r| r.expires > Instant::now()).map(|r| r.submission.clone()))
+    }
+
+    async fn publish(&self, id: &str, kind: EventKind) -> Result<Option<Event>> {
+        let event = {
+            let mut state = self.state();
+            let Some(record) = state.records.get_mut(id) else {
+                return Err(BrokerError::NotFound(id.to_owned()));
+            };
+            if record.done {
+                return Ok(None);
+            }
+            self.append(record, kind)
+        };
+        self.hub.deliver(event.clone());
+        Ok(Some(event))
+    }
+
+    async fn finish(&self, submission: &Submission) -> Result<Option<Event>> {
+        let event = {
+            let mut state = self.state();
+            let Some(record) = state.records.get_mut(&submission.id) else {
+                return Err(BrokerError::NotFound(submission.id.clone()));
+            };
+            if record.done {
+                return Ok(None);
+            }
+            record.done = true;
+            let mut last = submission.clone();
+            last.status = Status::Finished;
+            let event = self.append(record, EventKind::Finished { submission: Box::new(last.clone()) });
+            record.submission = last;
+            event
+        };
+        self.hub.deliver(event.clone());
+        Ok(Some(event))
+    }
+
+    async fn events_after(&self, id: &str, after: u64) -> Result<Vec<Event>> {
+        let state = self.state();
+        Ok(state
+            .records
+            .get(id)
+            .map(|r| r.log.iter().skip(usize::try_from(after).unwrap_or(usize::MAX)).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn subscribe(&self, id: &str) -> Result<LiveEvents> {
+        Ok(self.hub.join(id).await)
+    }
+
+    async fn next_job(&self, _consumer: &str, wait: Duration) -> Result<Option<Delivery>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.jobs.notified();
+            {
+                let mut state = self.state();
+                if let Some((id, job)) = state.queue.pop_front() {
+                    state.in_flight.insert(id, job.clone());
+                    return Ok(Some(Delivery { id: id.to_string(), job, redeliveries: 0 }));
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<()> {
+        if let Ok(id) = delivery.id.parse::<u64>() {
+            self.state().in_flight.remove(&id);
+        }
+        Ok(())
+    }
+
+    async fn queue_len(&self) -> Result<u64> {
+        let state = self.state();
+        Ok((state.queue.len() + state.in_flight.len()) as u64)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn watched(&self) -> usize {
+        self.hub.watched()
+    }
+}

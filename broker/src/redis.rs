@@ -1,0 +1,413 @@
+//! The distributed backend on Redis (fred 10).
+//!
+//! Keys, per submission `{id}`:
+//! - `verdict:sub:{id}`: hash with `record` (JSON), `status`, `seq` (last event number)
+//!   and `done` (set once by the first final write);
+//! - `verdict:log:{id}`: list of event JSON, index = seq - 1;
+//! - channel `verdict:ch:{id}`: the same event JSON, published live.
+//!
+//! The job queue is the stream `verdict:jobs`, read through the consumer group
+//! `verdict-workers`. Each write that makes an event (submit, publish, finish) is one Lua
+//! script, so seq assignment, log append, status update and PUBLISH are atomic.
+//!
+//! Connections per process: one command client, one subscriber client (servers and
+//! workers that watch), and for workers one dedicated client for blocking XREADGROUP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand};
+use tokio::sync::{mpsc, OnceCell};
+
+use crate::error::{BrokerError, Result};
+use crate::hub::{Control, Hub, LiveEvents};
+use crate::types::{Event, EventKind, Job, Submission};
+use crate::{Broker, BrokerSettings, Delivery};
+
+const GROUP: &str = "workers";
+/// Length of the placeholder prefix `{"seq":0` that the scripts replace.
+const SEQ_PLACEHOLDER: &str = "{\"seq\":0";
+
+/// Key and channel names under one namespace, so several deployments (or test runs) can
+/// share a Redis without seeing each other.
+#[derive(Debug, Clone)]
+struct Names {
+    ns: String,
+}
+
+impl Names {
+    fn record(&self, id: &str) -> String {
+        format!("{}:sub:{id}", self.ns)
+    }
+    fn log(&self, id: &str) -> String {
+        format!("{}:log:{id}", self.ns)
+    }
+    fn channel(&self, id: &str) -> String {
+        format!("{}:ch:{id}", self.ns)
+    }
+    fn jobs(&self) -> String {
+        format!("{}:jobs", self.ns)
+    }
+}
+
+const SUBMIT_LUA: &str = r#"
+local max = tonumber(ARGV[6])
+local waiting = redis.call('XLEN', KEYS[3])
+if max > 0 and waiting >= max then return -waiting - 1 end
+local position = waiting + 1
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'QUEUED', 'seq', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local ev = '{"seq":1' .. string.sub(string.gsub(ARGV[2], '"position":null', '"position":' .. position, 1), 9)
+redis.call('RPUSH', KEYS[2], ev)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('XADD', KEYS[3], '*', 'job', ARGV[5])
+redis.call('PUBLISH', ARGV[3], ev)
+return position
+"#;
+
+const PUBLISH_LUA: &str = r#"
+if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return -1 end
+if redis.call('HGET', KEYS[1], 'done') == '1' then return 0 end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local ev = '{"seq":' .. seq .. string.sub(ARGV[1], 9)
+redis.call('RPUSH', KEYS[2], ev)
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[3]) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[2], ev)
+return seq
+"#;
+
+const FINISH_LUA: &str = r#"
+if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return -1 end
+if redis.call('HSETNX', KEYS[1], 'done', '1') == 0 then return 0 end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local ev = '{"seq":' .. seq .. string.sub(ARGV[1], 9)
+redis.call('RPUSH', KEYS[2], ev)
+redis.call('HSET', KEYS[1], 'record', ARGV[3], 'status', 'FINISHED')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[2], ev)
+return seq
+"#;
+
+/// How to reach Redis and how this process uses it.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Prefix of every key and channel (default `verdict`).
+    pub namespace: String,
+    pub broker: BrokerSettings,
+}
+
+/// Redis-backed broker. Cheap to share behind an `Arc`.
+pub struct RedisBroker {
+    client: Client,
+    subscriber: SubscriberClient,
+    /// Created on first `next_job`, so servers never open it.
+    blocking: OnceCell<Client>,
+    config: Config,
+    names: Names,
+    hub: Arc<Hub>,
+    settings: BrokerSettings,
+    submit_script: Script,
+    publish_script: Script,
+    finish_script: Script,
+}
+
+fn builder(config: &Config) -> Builder {
+    let mut builder = Builder::from_config(config.clone());
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = Duration::from_secs(5);
+            // fred's default of 32 makes a busy subscriber lag; lag is handled anyway.
+            p.broadcast_channel_capacity = 4096;
+        });
+    builder
+}
+
+impl RedisBroker {
+    /// Connects (command and subscriber clients) and makes sure the consumer group exists.
+    pub async fn connect(settings: RedisSettings) -> Result<Arc<Self>> {
+        let config = Config::from_url(&settings.url)?;
+        let client = builder(&config).build()?;
+        client.init().await?;
+        let subscriber = builder(&config).build_subscriber_client()?;
+        subscriber.init().await?;
+        let _ = subscriber.manage_subscriptions();
+
+        let names = Names { ns: settings.namespace.clone() };
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let hub = Hub::new(1024, Some(control_tx));
+        let broker = Arc::new(RedisBroker {
+            client,
+            subscriber,
+            blocking: OnceCell::new(),
+            config,
+            names: names.clone(),
+            hub,
+            settings: settings.broker,
+            submit_script: Script::from_lua(SUBMIT_LUA),
+            publish_script: Script::from_lua(PUBLISH_LUA),
+            finish_script: Script::from_lua(FINISH_LUA),
+        });
+        broker.ensure_group().await?;
+        tokio::spawn(control_loop(broker.subscriber.clone(), Arc::clone(&broker.hub), names, control_rx));
+        tokio::spawn(message_loop(broker.subscriber.clone(), Arc::clone(&broker.hub)));
+        Ok(broker)
+    }
+
+    async fn ensure_group(&self) -> Result<()> {
+        let created: std::result::Result<Value, Error> = self.client.xgroup_create(self.names.jobs(), GROUP, "$", true).await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if e.details().contains("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn blocking_client(&self) -> Result<&Client> {
+        self.blocking
+            .get_or_try_init(|| async {
+                let client = builder(&self.config)
+                    .with_performance_config(|p| p.default_command_timeout = Duration::ZERO)
+                    .build()?;
+                client.init().await?;
+                Ok::<_, BrokerError>(client)
+            })
+            .await
+    }
+
+    fn ttl_secs(&self) -> String {
+        self.settings.ttl.as_secs().max(1).to_string()
+    }
+
+    fn placeholder(event: &Event) -> Result<String> {
+        let json = serde_json::to_string(event)?;
+        debug_assert!(json.starts_with(SEQ_PLACEHOLDER));
+        Ok(json)
+    }
+}
+
+/// Executes SUBSCRIBE/UNSUBSCRIBE in request order (see `hub::Control`).
+async fn control_loop(subscriber: SubscriberClient, hub: Arc<Hub>, names: Names, mut rx: mpsc::UnboundedReceiver<Control>) {
+    while let Some(control) = rx.recv().await {
+        match control {
+            Control::Subscribe(id, done) => {
+                if let Err(e) = subscriber.subscribe(names.channel(&id)).await {
+                    // manage_subscriptions re-subscribes after reconnect; the watcher's
+                    // periodic log check covers the meantime.
+                    tracing::warn!(error = %e, submission = %id, "subscribe failed");
+                }
+                let _ = done.send(());
+            }
+            Control::Unsubscribe(id) => {
+                if !hub.is_watched(&id) {
+                    if let Err(e) = subscriber.unsubscribe(names.channel(&id)).await {
+                        tracing::warn!(error = %e, submission = %id, "unsubscribe failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the one Pub/Sub connection and fans out. Never stops on lag: lag and reconnects
+/// turn into `Resync` for every local watcher, which re-reads its log.
+async fn message_loop(subscriber: SubscriberClient, hub: Arc<Hub>) {
+    let mut messages = subscriber.message_rx();
+    let mut reconnects = subscriber.reconnect_rx();
+    loop {
+        tokio::select! {
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    let parsed = message.value.as_bytes().map(serde_json::from_slice::<Event>);
+                    match parsed {
+                        Some(Ok(event)) => hub.deliver(event),
+                        Some(Err(e)) => tracing::error!(error = %e, channel = %message.channel, "unparsable event"),
+                        None => tracing::error!(channel = %message.channel, "non-bytes pubsub message"),
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "pubsub receiver lagged; resyncing watchers from the log");
+                    hub.resync_all();
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    // fred replaces its channels on some reconnect paths; take the new one.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    messages = subscriber.message_rx();
+                    hub.resync_all();
+                }
+            },
+            reconnect = reconnects.recv() => {
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = reconnect {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    reconnects = subscriber.reconnect_rx();
+                }
+                tracing::info!("pubsub reconnected; resyncing watchers from the log");
+                hub.resync_all();
+            }
+        }
+    }
+}
+
+fn parse_stream_entry(value: Value) -> Option<(String, String, Option<String>)> {
+    // XREADGROUP / XAUTOCLAIM entry: [id, [field, value, ...]]
+    let mut entry = value.into_array().into_iter();
+    let id = entry.next()?.into_string()?;
+    let fields = entry.next()?.into_array();
+    let mut job = None;
+    let mut iter = fields.into_iter();
+    while let (Some(k), Some(v)) = (iter.next(), iter.next()) {
+        if k.as_str().as_deref() == Some("job") {
+            job = v.into_string();
+        }
+    }
+    Some((id, job?, None))
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn submit(&self, job: &Job) -> Result<Event> {
+        let id = &job.submission.id;
+        let mut event = Event { seq: 0, submission_id: id.clone(), at: Utc::now(), kind: EventKind::Queued { position: None } };
+        let record = serde_json::to_string(&job.submission)?;
+        let placeholder = Self::placeholder(&event)?;
+        let job_json = serde_json::to_string(job)?;
+        let position: i64 = self
+            .submit_script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.names.record(id), self.names.log(id), self.names.jobs()],
+                vec![record, placeholder, self.names.channel(id), self.ttl_secs(), job_json, self.settings.max_queue.to_string()],
+            )
+            .await?;
+        if position < 0 {
+            return Err(BrokerError::QueueFull(position.unsigned_abs() - 1));
+        }
+        event.seq = 1;
+        event.kind = EventKind::Queued { position: Some(position.unsigned_abs()) };
+        Ok(event)
+    }
+
+    async fn submission(&self, id: &str) -> Result<Option<Submission>> {
+        let (record, status): (Option<String>, Option<String>) =
+            self.client.hmget(self.names.record(id), vec!["record", "status"]).await?;
+        let Some(record) = record else { return Ok(None) };
+        let mut submission: Submission = serde_json::from_str(&record)?;
+        if let Some(status) = status {
+            if let Ok(status) = serde_json::from_value(serde_json::Value::String(status)) {
+                submission.status = status;
+            }
+        }
+        Ok(Some(submission))
+    }
+
+    async fn publish(&self, id: &str, kind: EventKind) -> Result<Option<Event>> {
+        let status = match kind.status() {
+            Some(s) => serde_json::to_value(s)?.as_str().unwrap_or_default().to_owned(),
+            None => String::new(),
+        };
+        let mut event = Event { seq: 0, submission_id: id.to_owned(), at: Utc::now(), kind };
+        let seq: i64 = self
+            .publish_script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.names.record(id), self.names.log(id)],
+                vec![Self::placeholder(&event)?, self.names.channel(id), status, self.ttl_secs()],
+            )
+            .await?;
+        match seq {
+            -1 => Err(BrokerError::NotFound(id.to_owned())),
+            0 => Ok(None),
+            n => {
+                event.seq = n.unsigned_abs();
+                Ok(Some(event))
+            }
+        }
+    }
+
+    async fn finish(&self, submission: &Submission) -> Result<Option<Event>> {
+        let id = &submission.id;
+        let mut last = submission.clone();
+        last.status = crate::types::Status::Finished;
+        let record = serde_json::to_string(&last)?;
+        let mut event =
+            Event { seq: 0, submission_id: id.clone(), at: Utc::now(), kind: EventKind::Finished { submission: Box::new(last) } };
+        let seq: i64 = self
+            .finish_script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.names.record(id), self.names.log(id)],
+                vec![Self::placeholder(&event)?, self.names.channel(id), record, self.ttl_secs()],
+            )
+            .await?;
+        match seq {
+            -1 => Err(BrokerError::NotFound(id.clone())),
+            0 => Ok(None),
+            n => {
+                event.seq = n.unsigned_abs();
+                Ok(Some(event))
+            }
+        }
+    }
+
+    async fn events_after(&self, id: &str, after: u64) -> Result<Vec<Event>> {
+        let start = i64::try_from(after).unwrap_or(i64::MAX);
+        let raw: Vec<String> = self.client.lrange(self.names.log(id), start, -1).await?;
+        raw.iter().map(|s| serde_json::from_str(s).map_err(BrokerError::from)).collect()
+    }
+
+    async fn subscribe(&self, id: &str) -> Result<LiveEvents> {
+        Ok(self.hub.join(id).await)
+    }
+
+    async fn next_job(&self, consumer: &str, wait: Duration) -> Result<Option<Delivery>> {
+        let client = self.blocking_client().await?;
+        let jobs = self.names.jobs();
+        let block_ms = wait.as_millis().max(1).to_string();
+        let reply: Value = client
+            .custom(
+                CustomCommand::new("XREADGROUP", ClusterHash::Custom(0), true),
+                vec!["GROUP", GROUP, consumer, "COUNT", "1", "BLOCK", block_ms.as_str(), "STREAMS", jobs.as_str(), ">"],
+            )
+            .await?;
+        // Reply: nil, or [[stream, [[id, [field, value...]]]]] (RESP2 array form).
+        let Some(stream) = reply.into_array().into_iter().next() else { return Ok(None) };
+        let Some(entries) = stream.into_array().into_iter().nth(1) else { return Ok(None) };
+        let Some(entry) = entries.into_array().into_iter().next() else { return Ok(None) };
+        let Some((id, job, _)) = parse_stream_entry(entry) else {
+            return Ok(None);
+        };
+        let job: Job = serde_json::from_str(&job)?;
+        Ok(Some(Delivery { id, job, redeliveries: 0 }))
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<()> {
+        let _: i64 = self.client.xack(self.names.jobs(), GROUP, delivery.id.as_str()).await?;
+        let _: i64 = self.client.xdel(self.names.jobs(), delivery.id.as_str()).await?;
+        Ok(())
+    }
+
+    async fn queue_len(&self) -> Result<u64> {
+        Ok(self.client.xlen(self.names.jobs()).await?)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = self.client.ping(None).await?;
+        Ok(())
+    }
+
+    fn watched(&self) -> usize {
+        self.hub.watched()
+    }
+}

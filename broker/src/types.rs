@@ -1,0 +1,203 @@
+//! The data that travels between server and worker: submissions, jobs and events.
+//!
+//! Everything here is serde so the same values go through Redis and through the in-memory
+//! broker unchanged. GraphQL shapes live in the server; these are the wire and storage forms.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where a submission is in its life. Moves forward only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Queued,
+    Compiling,
+    Running,
+    Finished,
+}
+
+/// The judge's outcome, per test and per submission (design.md, "Verdicts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    Accepted,
+    WrongAnswer,
+    TimeLimitExceeded,
+    MemoryLimitExceeded,
+    OutputLimitExceeded,
+    RuntimeError,
+    CompilationError,
+    Cancelled,
+    InternalError,
+}
+
+/// How a test's output is compared with its expected output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CompareMode {
+    Exact,
+    #[default]
+    TrimTrailing,
+    Tokens,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Limits after the server applied its defaults and maxima; the worker trusts these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub cpu_time_ms: u64,
+    pub wall_time_ms: u64,
+    pub memory_kb: u64,
+    pub output_bytes: u64,
+    pub processes: u64,
+}
+
+/// One judged run: its input and, optionally, the output it must produce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCase {
+    pub stdin: String,
+    pub expected_output: Option<String>,
+}
+
+/// What a worker needs to run a submission. Carried in the job, not in the public record,
+/// so the source never leaks through `submission(id)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub language: String,
+    pub source: String,
+    pub tests: Vec<TestCase>,
+    pub limits: Limits,
+    pub compare: CompareMode,
+    #[serde(default)]
+    pub stop_on_first_failure: bool,
+}
+
+/// The outcome of one test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestResult {
+    pub index: u32,
+    pub verdict: Verdict,
+    pub time_ms: u64,
+    pub wall_time_ms: u64,
+    pub memory_kb: u64,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// True when stdout or stderr was cut at the output limit.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// The public record of a submission, as `submission(id)` and FinishedEvent show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    pub id: String,
+    /// The API key name that owns it, when the server uses keys.
+    #[serde(default)]
+    pub owner: Option<String>,
+    pub language: String,
+    pub status: Status,
+    pub verdict: Option<Verdict>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub compile_output: Option<String>,
+    pub tests: Vec<TestResult>,
+    pub time_ms: Option<u64>,
+    pub memory_kb: Option<u64>,
+    /// Number of tests requested (so clients can show "k of n" before results arrive).
+    #[serde(default)]
+    pub test_count: u32,
+    /// Why the submission ended in INTERNAL_ERROR or CANCELLED, for humans.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl Submission {
+    /// A fresh, queued record.
+    pub fn queued(id: String, owner: Option<String>, request: &Request) -> Self {
+        Submission {
+            id,
+            owner,
+            language: request.language.clone(),
+            status: Status::Queued,
+            verdict: None,
+            created_at: Utc::now(),
+            finished_at: None,
+            compile_output: None,
+            tests: Vec::new(),
+            time_ms: None,
+            memory_kb: None,
+            test_count: u32::try_from(request.tests.len()).unwrap_or(u32::MAX),
+            message: None,
+        }
+    }
+
+    /// Marks the record finished with `verdict`, filling the aggregate time and memory.
+    pub fn finish(&mut self, verdict: Verdict) {
+        self.status = Status::Finished;
+        self.verdict = Some(verdict);
+        self.finished_at = Some(Utc::now());
+        self.time_ms = self.tests.iter().map(|t| t.time_ms).max();
+        self.memory_kb = self.tests.iter().map(|t| t.memory_kb).max();
+    }
+}
+
+/// A unit of work on the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub submission: Submission,
+    pub request: Request,
+}
+
+/// What happened. `seq` and `at` are assigned by the broker when the event is published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum EventKind {
+    Queued { position: Option<u64> },
+    Compiling,
+    Running { test: u32, tests: u32 },
+    Output { test: u32, stream: Stream, chunk: String },
+    TestFinished { result: TestResult },
+    Finished { submission: Box<Submission> },
+}
+
+impl EventKind {
+    /// The status a submission is in once this event happened, if it changes it.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            EventKind::Queued { .. } => Some(Status::Queued),
+            EventKind::Compiling => Some(Status::Compiling),
+            EventKind::Running { .. } => Some(Status::Running),
+            EventKind::Finished { .. } => Some(Status::Finished),
+            EventKind::Output { .. } | EventKind::TestFinished { .. } => None,
+        }
+    }
+}
+
+/// One entry of a submission's event log. `seq` starts at 1 and has no gaps.
+///
+/// `seq` is the first field on purpose: the Redis script splices the real number into
+/// the serialized placeholder `{"seq":0,` without parsing the JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub submission_id: String,
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// True for the event that ends a submission's stream.
+    pub fn is_final(&self) -> bool {
+        matches!(self.kind, EventKind::Finished { .. })
+    }
+}
