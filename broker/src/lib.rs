@@ -4,6 +4,7 @@
 //! machines, and memory for one standalone process. The same test suite runs against
 //! both (`broker/tests/contract.rs`). Nothing here knows about GraphQL or sandboxes.
 
+mod catalogue;
 mod error;
 mod hub;
 mod memory;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use catalogue::{Catalogue, CatalogueError, Language, LimitBoost};
 pub use error::{BrokerError, Result};
 pub use hub::{LiveEvents, Signal};
 pub use memory::MemoryBroker;

@@ -1,0 +1,797 @@
+//! The parent's side of a run: prepare, fork, feed stdin, read output under a cap, enforce
+//! wall time, reap with `wait4`, then kill and reap whatever the run left behind.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::child::{self, ChildPlan, Stage};
+use crate::{LimitHit, Outcome, RunSpec, Sandbox, SandboxError, StreamKind};
+
+/// Cancel flag poll interval.
+const CANCEL_TICK: Duration = Duration::from_millis(20);
+/// How long we wait for killed leftovers to be reaped.
+const REAP_GRACE: Duration = Duration::from_millis(250);
+
+fn cstring(bytes: &[u8], what: &str) -> Result<CString, SandboxError> {
+    CString::new(bytes)
+        .map_err(|_| SandboxError::InvalidSpec(format!("{what} contains a NUL byte")))
+}
+
+/// A pipe as (read end, write end), both close-on-exec.
+fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid 2-element array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(SandboxError::sys("pipe2"));
+    }
+    // SAFETY: pipe2 succeeded, so both fds are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Ensures a child-side fd is >= 3 so the child's dup2 onto 0..2 never clobbers another.
+fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, SandboxError> {
+    if fd.as_raw_fd() >= 3 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a valid fd returns a new fd or -1.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(SandboxError::sys("fcntl(F_DUPFD_CLOEXEC)"));
+    }
+    // SAFETY: `new` is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), SandboxError> {
+    // SAFETY: fcntl on a valid fd we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(SandboxError::sys("fcntl(F_GETFL)"));
+    }
+    // SAFETY: as above.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    if rc < 0 {
+        return Err(SandboxError::sys("fcntl(O_NONBLOCK)"));
+    }
+    Ok(())
+}
+
+fn rlimit(cur: u64, max: u64) -> libc::rlimit {
+    libc::rlimit {
+        rlim_cur: cur as libc::rlim_t,
+        rlim_max: max as libc::rlim_t,
+    }
+}
+
+/// The rlimits for a run, clamped to our own hard limits (an unprivileged worker cannot
+/// raise them).
+fn rlimits(
+    spec: &RunSpec<'_>,
+    data_limit: bool,
+    nproc: bool,
+) -> Vec<(libc::__rlimit_resource_t, libc::rlimit)> {
+    let l = &spec.limits;
+    let cpu_s = l.cpu_ms.div_ceil(1000).max(1);
+    let mem = l.memory_kb.saturating_mul(1024);
+    let stack = if l.stack_kb == 0 {
+        mem
+    } else {
+        l.stack_kb.saturating_mul(1024)
+    };
+    let mut v = vec![
+        (libc::RLIMIT_CPU, rlimit(cpu_s, cpu_s + 1)),
+        (
+            libc::RLIMIT_FSIZE,
+            rlimit(l.file_size_bytes, l.file_size_bytes),
+        ),
+        (libc::RLIMIT_NOFILE, rlimit(l.open_files, l.open_files)),
+        (libc::RLIMIT_STACK, rlimit(stack, stack)),
+        (libc::RLIMIT_CORE, rlimit(0, 0)),
+    ];
+    if data_limit {
+        v.push((libc::RLIMIT_DATA, rlimit(mem, mem)));
+    }
+    if nproc {
+        v.push((libc::RLIMIT_NPROC, rlimit(l.processes, l.processes)));
+    }
+    for (res, lim) in &mut v {
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into `cur`, a valid rlimit.
+        if unsafe { libc::getrlimit(*res, &mut cur) } == 0 && cur.rlim_max != libc::RLIM_INFINITY {
+            lim.rlim_max = lim.rlim_max.min(cur.rlim_max);
+            lim.rlim_cur = lim.rlim_cur.min(lim.rlim_max);
+        }
+    }
+    v
+}
+
+fn kill_group(pid: libc::pid_t) {
+    // SAFETY: kill(2) with a negative pid signals the process group; no memory involved.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+}
+
+/// Output accounting: both streams share one cap.
+struct Sink<'a> {
+    cap: u64,
+    total: u64,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stdout_truncated: bool,
+    stderr_truncated: bool,
+    on_output: &'a mut dyn FnMut(StreamKind, &[u8]),
+}
+
+impl Sink<'_> {
+    /// Returns false when the cap was exceeded.
+    fn push(&mut self, kind: StreamKind, data: &[u8]) -> bool {
+        let room = self.cap.saturating_sub(self.total);
+        let take = (data.len() as u64).min(room) as usize;
+        if take > 0 {
+            let chunk = &data[..take];
+            match kind {
+                StreamKind::Stdout => self.stdout.extend_from_slice(chunk),
+                StreamKind::Stderr => self.stderr.extend_from_slice(chunk),
+            }
+            self.total += take as u64;
+            (self.on_output)(kind, chunk);
+        }
+        if take < data.len() {
+            match kind {
+                StreamKind::Stdout => self.stdout_truncated = true,
+                StreamKind::Stderr => self.stderr_truncated = true,
+            }
+            return false;
+        }
+        true
+    }
+}
+
+enum ReadResult {
+    Open,
+    Eof,
+    Overflow,
+}
+
+/// Reads what is available on a non-blocking pipe.
+fn drain(fd: RawFd, kind: StreamKind, buf: &mut [u8], sink: &mut Sink<'_>) -> ReadResult {
+    // Bounded so one chatty stream cannot starve the deadline checks.
+    for _ in 0..16 {
+        // SAFETY: `buf` is a valid writable buffer of buf.len() bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n > 0 {
+            if !sink.push(kind, &buf[..n as usize]) {
+                return ReadResult::Overflow;
+            }
+            continue;
+        }
+        if n == 0 {
+            return ReadResult::Eof;
+        }
+        let e = io::Error::last_os_error().raw_os_error();
+        if e == Some(libc::EINTR) {
+            continue;
+        }
+        if e == Some(libc::EAGAIN) {
+            return ReadResult::Open;
+        }
+        return ReadResult::Eof;
+    }
+    ReadResult::Open
+}
+
+/// Child stack for clone: only the recipe's few frames run on it.
+pub(crate) const CHILD_STACK: usize = 64 * 1024;
+
+/// Starts the child with `clone(CLONE_VM | CLONE_VFORK)`: no page-table copy, and this
+/// thread resumes only once the child has exec'd or exited. All signals are blocked
+/// around the call so no handler of ours can run in the child on the shared memory.
+fn spawn(plan: &ChildPlan<'_>, stack: &mut Vec<u8>) -> Result<libc::pid_t, SandboxError> {
+    if stack.len() < CHILD_STACK {
+        stack.resize(CHILD_STACK, 0);
+    }
+    // SAFETY: the stack grows down from one past the end; we align it to 16 bytes.
+    let top = unsafe { stack.as_mut_ptr().add(stack.len()) };
+    let top = ((top as usize) & !15usize) as *mut libc::c_void;
+
+    // SAFETY: sigset_t is plain old data; the calls fill them.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sigset pointers.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    // SAFETY: `clone_entry` runs the async-signal-safe recipe on `stack`, which lives until
+    // we return; CLONE_VFORK suspends this thread until the child execs or exits, so
+    // `plan` (on our stack) stays valid for the child's whole use of it.
+    let pid = unsafe {
+        libc::clone(
+            child::clone_entry,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            plan as *const ChildPlan<'_> as *mut libc::c_void,
+        )
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    if pid < 0 {
+        return Err(SandboxError::Sys {
+            call: "clone",
+            source: err,
+        });
+    }
+    Ok(pid)
+}
+
+fn wait4(pid: libc::pid_t) -> Result<(libc::c_int, libc::rusage), SandboxError> {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; zeroed is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `usage` are valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            return Ok((status, usage));
+        }
+        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return Err(SandboxError::sys("wait4"));
+    }
+}
+
+fn timeval_ms(t: libc::timeval) -> u64 {
+    (t.tv_sec.max(0) as u64) * 1000 + (t.tv_usec.max(0) as u64) / 1000
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes no pointers; returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Has `pid` exited (without reaping it)?
+fn exited_nowait(pid: libc::pid_t) -> bool {
+    // SAFETY: siginfo_t is plain old data; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer; WNOWAIT leaves the child reapable.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is valid to read for a SIGCHLD siginfo (zero when nothing happened).
+    r == 0 && unsafe { info.si_pid() } == pid
+}
+
+pub(crate) fn run(
+    sb: &Sandbox,
+    spec: &RunSpec<'_>,
+    on_output: &mut dyn FnMut(StreamKind, &[u8]),
+    cancel: &AtomicBool,
+) -> Result<Outcome, SandboxError> {
+    if !spec.program.is_absolute() {
+        return Err(SandboxError::InvalidSpec(format!(
+            "program {} is not absolute",
+            spec.program.display()
+        )));
+    }
+    if spec.dir.slot() != spec.slot {
+        return Err(SandboxError::InvalidSpec(format!(
+            "run dir belongs to slot {}, spec says slot {}",
+            spec.dir.slot(),
+            spec.slot
+        )));
+    }
+    // --- Everything the child needs, built before fork. ---
+    let program = cstring(spec.program.as_os_str().as_bytes(), "program")?;
+    let mut argv_owned = Vec::with_capacity(spec.args.len() + 1);
+    argv_owned.push(program.clone());
+    for a in &spec.args {
+        argv_owned.push(cstring(a.as_bytes(), "argument")?);
+    }
+    let mut env_owned = Vec::with_capacity(spec.env.len());
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(SandboxError::InvalidSpec(format!(
+                "bad environment variable name {k:?}"
+            )));
+        }
+        env_owned.push(cstring(format!("{k}={v}").as_bytes(), "environment")?);
+    }
+    let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env_owned.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let dir = cstring(spec.dir.path().as_os_str().as_bytes(), "run dir")?;
+
+    let ids = sb.slot_ids(spec.slot);
+    let slot_arc = sb.slot_state(spec.slot);
+    let mut slot = slot_arc.lock().unwrap_or_else(|p| p.into_inner());
+    let has_mem_cg = slot.cgroup.as_ref().is_some_and(|c| c.has_memory());
+    let before = slot.cgroup.as_mut().map(|c| {
+        c.prepare(
+            spec.limits.memory_kb.saturating_mul(1024),
+            spec.limits.processes,
+        )
+    });
+    let cgroup_procs = slot
+        .cgroup
+        .as_ref()
+        .map(|c| c.procs_fds())
+        .unwrap_or_default();
+    let limits = rlimits(spec, !has_mem_cg, ids.is_some());
+
+    let proc_fs =
+        (ids.is_some() && sb.config.proc_when_uid_dropped).then_some(std::path::Path::new("/proc"));
+    let landlock_fd = sb.fs.ruleset_for(spec.dir.path(), proc_fs)?;
+
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let stdin_r = above_stdio(stdin_r)?;
+    let stdout_w = above_stdio(stdout_w)?;
+    let stderr_w = above_stdio(stderr_w)?;
+    set_nonblocking(&stdin_w)?;
+    set_nonblocking(&stdout_r)?;
+    set_nonblocking(&stderr_r)?;
+
+    let report = AtomicU64::new(0);
+    // The program starts with an empty signal mask, whatever this thread blocks.
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises it.
+    let exec_sigmask: libc::sigset_t = unsafe {
+        let mut set = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    };
+    let plan = ChildPlan {
+        program: &program,
+        argv: &argv,
+        envp: &envp,
+        dir: &dir,
+        stdio: [
+            stdin_r.as_raw_fd(),
+            stdout_w.as_raw_fd(),
+            stderr_w.as_raw_fd(),
+        ],
+        report: &report,
+        exec_sigmask: &exec_sigmask,
+        rlimits: &limits,
+        cgroup_procs: &cgroup_procs,
+        ids,
+        landlock_fd: landlock_fd.as_ref().map(|f| f.as_raw_fd()),
+        seccomp: sb.seccomp.as_deref(),
+    };
+
+    let start = Instant::now();
+    let pid = spawn(&plan, &mut slot.stack)?;
+    drop((stdin_r, stdout_w, stderr_w, landlock_fd));
+
+    if let Some((code, errno)) = child::decode_report(report.load(Ordering::SeqCst)) {
+        kill_group(pid);
+        let _ = wait4(pid);
+        let source = io::Error::from_raw_os_error(errno);
+        return Err(match Stage::from_code(code) {
+            Some(Stage::Exec) => SandboxError::Exec {
+                program: spec.program.clone(),
+                source,
+            },
+            Some(stage) => SandboxError::ChildSetup {
+                stage: stage.name(),
+                source,
+            },
+            None => SandboxError::ChildSetup {
+                stage: "unknown",
+                source,
+            },
+        });
+    }
+
+    let mut sink = Sink {
+        cap: spec.limits.output_bytes,
+        total: 0,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        on_output,
+    };
+    let deadline = start + Duration::from_millis(spec.limits.wall_ms);
+    let limit = supervise_io(
+        pid, spec.stdin, stdin_w, stdout_r, stderr_r, deadline, cancel, &mut sink,
+    );
+
+    // Kill the group while the leader is still unreaped (its pgid cannot be recycled yet).
+    kill_group(pid);
+    let (status, usage) = wait4(pid)?;
+    let wall_ms = start.elapsed().as_millis() as u64;
+
+    let cleanup = cleanup_slot(sb, ids, slot.cgroup.as_ref());
+    if let Some(n) = cleanup {
+        tracing::debug!(
+            slot = spec.slot,
+            leftovers = n,
+            "killed processes left behind by the run"
+        );
+    }
+
+    let mem_cg = match (&slot.cgroup, before) {
+        (Some(c), Some(b)) => c.memory_after(b),
+        _ => None,
+    };
+    drop(slot);
+
+    let exit_code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
+    let cpu_ms = timeval_ms(usage.ru_utime) + timeval_ms(usage.ru_stime);
+    let rss_kb = usage.ru_maxrss.max(0) as u64;
+    let memory_kb = rss_kb;
+
+    let limit = limit.or_else(|| {
+        let abnormal = exit_code != Some(0);
+        let mem_limit = spec.limits.memory_kb;
+        match mem_cg {
+            Some((_, true)) => return Some(LimitHit::Memory),
+            Some(_) => {}
+            None => {
+                // RLIMIT_DATA only: allocation failures are not visible from outside, so
+                // infer: an abnormal end near the limit, or a runtime's out-of-memory message.
+                if abnormal
+                    && (rss_kb.saturating_mul(10) >= mem_limit.saturating_mul(9)
+                        || oom_message(&sink.stderr))
+                {
+                    return Some(LimitHit::Memory);
+                }
+            }
+        }
+        if signal == Some(libc::SIGXCPU) || cpu_ms > spec.limits.cpu_ms {
+            return Some(LimitHit::CpuTime);
+        }
+        None
+    });
+
+    Ok(Outcome {
+        exit_code,
+        signal,
+        cpu_ms,
+        wall_ms,
+        memory_kb,
+        stdout: sink.stdout,
+        stderr: sink.stderr,
+        stdout_truncated: sink.stdout_truncated,
+        stderr_truncated: sink.stderr_truncated,
+        limit,
+    })
+}
+
+fn oom_message(stderr: &[u8]) -> bool {
+    const MARKERS: [&[u8]; 6] = [
+        b"MemoryError",
+        b"std::bad_alloc",
+        b"java.lang.OutOfMemoryError",
+        b"JavaScript heap out of memory",
+        b"Cannot allocate memory",
+        b"memory allocation of",
+    ];
+    MARKERS
+        .iter()
+        .any(|m| stderr.windows(m.len()).any(|w| w == *m))
+}
+
+/// The poll loop. Returns the limit that made us stop early, if any.
+#[allow(clippy::too_many_arguments)]
+fn supervise_io(
+    pid: libc::pid_t,
+    stdin: &[u8],
+    stdin_w: OwnedFd,
+    stdout_r: OwnedFd,
+    stderr_r: OwnedFd,
+    deadline: Instant,
+    cancel: &AtomicBool,
+    sink: &mut Sink<'_>,
+) -> Option<LimitHit> {
+    let pidfd = pidfd_open(pid);
+    let mut stdin_w = (!stdin.is_empty()).then_some(stdin_w);
+    let mut stdin_off = 0usize;
+    let mut outs: [Option<OwnedFd>; 2] = [Some(stdout_r), Some(stderr_r)];
+    let kinds = [StreamKind::Stdout, StreamKind::Stderr];
+    let mut buf = vec![0u8; 64 * 1024];
+
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            kill_group(pid);
+            return Some(LimitHit::Cancelled);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            kill_group(pid);
+            return Some(LimitHit::WallTime);
+        }
+        let mut timeout = (deadline - now).min(CANCEL_TICK);
+        // Without a pidfd, notice the exit by polling.
+        if pidfd.is_none() {
+            if exited_nowait(pid) {
+                break;
+            }
+            timeout = timeout.min(Duration::from_millis(5));
+        }
+
+        let mut pfds: [libc::pollfd; 4] = [libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        }; 4];
+        if let Some(p) = &pidfd {
+            pfds[0] = libc::pollfd {
+                fd: p.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+        }
+        for (i, o) in outs.iter().enumerate() {
+            if let Some(fd) = o {
+                pfds[1 + i] = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+            }
+        }
+        if let Some(w) = &stdin_w {
+            pfds[3] = libc::pollfd {
+                fd: w.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+        }
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
+        // SAFETY: `pfds` is a valid array of 4 pollfds (fd -1 entries are ignored); `ts` is
+        // a valid timespec; no signal mask change.
+        let r = unsafe {
+            libc::ppoll(
+                pfds.as_mut_ptr(),
+                pfds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            )
+        };
+        if r < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // Should not happen; fall back to sleeping a tick.
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+
+        if pfds[3].revents != 0 {
+            if let Some(w) = &stdin_w {
+                let rest = &stdin[stdin_off..];
+                // SAFETY: `rest` is a valid readable buffer of rest.len() bytes.
+                let n = unsafe { libc::write(w.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
+                if n > 0 {
+                    stdin_off += n as usize;
+                    if stdin_off >= stdin.len() {
+                        stdin_w = None; // EOF for the program
+                    }
+                } else if n < 0 {
+                    let e = io::Error::last_os_error().raw_os_error();
+                    if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
+                        stdin_w = None; // EPIPE: the program closed stdin
+                    }
+                }
+            }
+        }
+        for i in 0..2 {
+            if pfds[1 + i].revents == 0 {
+                continue;
+            }
+            if let Some(fd) = &outs[i] {
+                match drain(fd.as_raw_fd(), kinds[i], &mut buf, sink) {
+                    ReadResult::Open => {}
+                    ReadResult::Eof => outs[i] = None,
+                    ReadResult::Overflow => {
+                        kill_group(pid);
+                        return Some(LimitHit::Output);
+                    }
+                }
+            }
+        }
+        if pfds[0].revents != 0 {
+            break;
+        }
+    }
+    // The program exited: collect what it wrote, without waiting for EOF (a background
+    // process may still hold the pipes; it is killed next).
+    for i in 0..2 {
+        if let Some(fd) = &outs[i] {
+            loop {
+                match drain(fd.as_raw_fd(), kinds[i], &mut buf, sink) {
+                    ReadResult::Open => {
+                        // drain() stops after 16 reads; go on only if it filled them all.
+                        let mut pfd = libc::pollfd {
+                            fd: fd.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd, zero timeout.
+                        if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0
+                            || pfd.revents & libc::POLLIN == 0
+                        {
+                            break;
+                        }
+                    }
+                    ReadResult::Eof => break,
+                    ReadResult::Overflow => return Some(LimitHit::Output),
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Kills and reaps everything the run left behind. Returns how many leftovers were
+/// reaped, when any were found.
+fn cleanup_slot(
+    sb: &Sandbox,
+    ids: Option<(u32, u32)>,
+    cg: Option<&crate::cgroup::SlotCgroup>,
+) -> Option<usize> {
+    let pids_cg = cg.filter(|c| c.has_pids());
+    match ids {
+        Some((uid, _)) => {
+            let alive = pids_cg.and_then(|c| c.tasks_alive());
+            if alive == Some(0) {
+                return None; // the common case: nothing left, no extra fork
+            }
+            let signaled = kill_uid(uid);
+            if !signaled && alive.is_none() {
+                return None;
+            }
+            if sb.reaper {
+                return Some(reap_orphans(uid, pids_cg));
+            }
+            Some(0)
+        }
+        None => {
+            // Same uid as the worker: kill by the pids cgroup's membership.
+            let c = pids_cg?;
+            let mut killed = 0;
+            for _ in 0..20 {
+                let pids = c.list_pids();
+                if pids.is_empty() {
+                    break;
+                }
+                for p in pids {
+                    // SAFETY: kill(2) takes no pointers.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                    killed += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (killed > 0).then_some(killed)
+        }
+    }
+}
+
+/// Kills every process of `uid`, atomically, from a helper running as that uid
+/// (`kill(-1)` skips the caller and signals everything it may signal). Returns whether
+/// anything was signaled.
+fn kill_uid(uid: u32) -> bool {
+    extern "C" fn killer(arg: *mut libc::c_void) -> libc::c_int {
+        let uid = arg as usize as libc::uid_t;
+        // SAFETY: raw syscalls and _exit only; this child shares our memory (CLONE_VM) and
+        // touches nothing but its own stack.
+        unsafe {
+            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
+                libc::_exit(2);
+            }
+            let r = libc::kill(-1, libc::SIGKILL);
+            libc::_exit(if r == 0 { 0 } else { 1 })
+        }
+    }
+    let mut stack = [0u8; 16 * 1024];
+    // SAFETY: one past the end of `stack`, aligned down to 16 bytes.
+    let top = unsafe { stack.as_mut_ptr().add(stack.len()) };
+    let top = ((top as usize) & !15usize) as *mut libc::c_void;
+    // SAFETY: `killer` runs async-signal-safe syscalls on `stack`, which outlives it:
+    // CLONE_VFORK suspends us until it has exited. Signals are blocked around the call so
+    // no handler of ours runs on the shared memory.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(
+            killer,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            uid as usize as *mut libc::c_void,
+        );
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        pid
+    };
+    if pid < 0 {
+        tracing::warn!(
+            "clone for the slot killer failed: {}",
+            io::Error::last_os_error()
+        );
+        return false;
+    }
+    match wait4(pid) {
+        Ok((status, _)) => libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        Err(_) => false,
+    }
+}
+
+/// Reaps our (subreaper) zombie children that ran as `uid`, until the slot's pids cgroup
+/// is empty or a short grace period passes.
+fn reap_orphans(uid: u32, cg: Option<&crate::cgroup::SlotCgroup>) -> usize {
+    let me = std::process::id();
+    let give_up = Instant::now() + REAP_GRACE;
+    let mut reaped = 0;
+    loop {
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<libc::pid_t>().ok())
+                else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                // Fields after the parenthesised comm: state ppid ...
+                let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                    continue;
+                };
+                let mut fields = rest.split_whitespace();
+                let (Some(_state), Some(ppid)) = (fields.next(), fields.next()) else {
+                    continue;
+                };
+                if ppid.parse::<u32>().ok() != Some(me) {
+                    continue;
+                }
+                let owner = std::fs::metadata(entry.path())
+                    .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+                if owner.ok() != Some(uid) {
+                    continue;
+                }
+                let mut status = 0;
+                // SAFETY: waitpid on a specific child pid with a valid status pointer.
+                if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                    reaped += 1;
+                }
+            }
+        }
+        let done = match cg.and_then(|c| c.tasks_alive()) {
+            Some(n) => n == 0,
+            None => true,
+        };
+        if done || Instant::now() >= give_up {
+            return reaped;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

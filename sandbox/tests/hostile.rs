@@ -1,0 +1,516 @@
+//! Hostile programs, one per test, each run through the real Sandbox. Every test checks
+//! the attack is contained and, where it could hurt the slot, that a normal program still
+//! runs in normal time afterwards.
+
+mod common;
+
+use common::*;
+use verdict_sandbox::{LimitHit, Limits};
+
+const PRELUDE: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sched.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/mount.h>
+#include <sys/ptrace.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <linux/seccomp.h>
+"#;
+
+fn c(name: &str, body: &str, args: &[&str], limits: Limits, slot: u32) -> verdict_sandbox::Outcome {
+    run_c(slot, name, &format!("{PRELUDE}\n{body}"), args, b"", limits)
+}
+
+fn connect_tcp_program() -> &'static str {
+    r#"
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0) { printf("socket: %s\n", strerror(errno)); return 0; }
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[1])); a.sin_addr.s_addr = htonl(0x7f000001);
+    if (connect(s, (struct sockaddr*)&a, sizeof a) < 0) { printf("connect: %s\n", strerror(errno)); return 0; }
+    printf("CONNECTED\n"); return 0;
+}"#
+}
+
+#[test]
+fn tcp_connect_to_loopback_is_denied() {
+    let slot = SLOT_BASE + 20;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    for p in [port.as_str(), "6379"] {
+        let o = c("tcp", connect_tcp_program(), &[p], Limits::default(), slot);
+        assert_eq!(o.exit_code, Some(0), "{o:?}");
+        assert!(
+            !stdout(&o).contains("CONNECTED"),
+            "port {p}: {}",
+            stdout(&o)
+        );
+    }
+    listener.set_nonblocking(true).expect("nonblocking");
+    assert!(listener.accept().is_err(), "nothing may have connected");
+    assert_normal_run_still_works(slot);
+}
+
+#[test]
+fn udp_socket_is_denied() {
+    let o = c(
+        "udp",
+        r#"int main(){ int s = socket(AF_INET, SOCK_DGRAM, 0); int s6 = socket(AF_INET6, SOCK_DGRAM, 0);
+           int n = socket(AF_NETLINK, SOCK_RAW, 0); int p = socket(AF_PACKET, SOCK_RAW, 0);
+           printf("%d %d %d %d\n", s, s6, n, p); return (s < 0 && s6 < 0 && n < 0 && p < 0) ? 0 : 1; }"#,
+        &[],
+        Limits::default(),
+        SLOT_BASE + 21,
+    );
+    assert_eq!(o.exit_code, Some(0), "{}", stdout(&o));
+}
+
+#[test]
+fn unix_sockets_outside_run_dir_are_unreachable() {
+    let slot = SLOT_BASE + 22;
+    // A world-connectable filesystem socket outside the run dir, like /run/mysqld/mysqld.sock.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("svc.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // And an abstract one.
+    use std::os::linux::net::SocketAddrExt;
+    let abs_addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(b"verdict-test-abstract").expect("addr");
+    let abs = std::os::unix::net::UnixListener::bind_addr(&abs_addr).expect("bind abstract");
+    let body = r#"
+int main(int argc, char **argv) {
+    int ok = 0;
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (s >= 0) {
+        struct sockaddr_un a = {0}; a.sun_family = AF_UNIX; strcpy(a.sun_path, argv[1]);
+        if (connect(s, (struct sockaddr*)&a, sizeof a) == 0) { printf("FS CONNECTED\n"); ok = 1; }
+    } else printf("socket: %s\n", strerror(errno));
+    int t = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (t >= 0) {
+        struct sockaddr_un a = {0}; a.sun_family = AF_UNIX; const char *n = "verdict-test-abstract";
+        memcpy(a.sun_path + 1, n, strlen(n));
+        if (connect(t, (struct sockaddr*)&a, offsetof(struct sockaddr_un, sun_path) + 1 + strlen(n)) == 0) { printf("ABSTRACT CONNECTED\n"); ok = 1; }
+    }
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) { printf("socketpair failed\n"); return 2; }
+    return ok;
+}"#;
+    let body = format!("#include <stddef.h>\n{body}");
+    let o = c(
+        "unixsock",
+        &body,
+        &[path_str(&path)],
+        Limits::default(),
+        slot,
+    );
+    assert_eq!(o.exit_code, Some(0), "{}", stdout(&o));
+    listener.set_nonblocking(true).expect("nb");
+    abs.set_nonblocking(true).expect("nb");
+    assert!(listener.accept().is_err());
+    assert!(abs.accept().is_err());
+}
+
+#[test]
+fn secrets_are_unreadable() {
+    let o = c(
+        "readsecrets",
+        r#"
+int try_read(const char *p) {
+    int fd = open(p, O_RDONLY);
+    if (fd < 0) return 0;
+    char buf[64]; ssize_t n = read(fd, buf, sizeof buf);
+    if (n > 0) { printf("READ %s\n", p); return 1; }
+    return 0;
+}
+int main() {
+    char pp[64]; snprintf(pp, sizeof pp, "/proc/%d/environ", getppid());
+    int bad = try_read("/etc/shadow") + try_read("/root/.bashrc") + try_read("/proc/1/environ")
+        + try_read(pp) + try_read("/etc/hostname") + try_read("/work/shared/design.md");
+    if (opendir("/root")) { printf("LISTED /root\n"); bad++; }
+    printf("bad=%d\n", bad);
+    return bad;
+}"#
+        .replace("int main", "#include <dirent.h>\nint main")
+        .as_str(),
+        &[],
+        Limits::default(),
+        SLOT_BASE + 23,
+    );
+    assert_eq!(o.exit_code, Some(0), "{}", stdout(&o));
+}
+
+#[test]
+fn writes_outside_run_dir_fail() {
+    let o = c(
+        "writes",
+        r#"
+int try_write(const char *p) {
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) { printf("WROTE %s\n", p); unlink(p); return 1; }
+    return 0;
+}
+int main() {
+    int bad = try_write("/tmp/verdict-escape") + try_write("/var/tmp/verdict-escape")
+        + try_write("/dev/shm/verdict-escape") + try_write("/work/main/verdict-escape")
+        + try_write("/tmp/verdict-sandbox-tests/escape");
+    if (mkdir("/tmp/verdict-escape-dir", 0777) == 0) { printf("MKDIR\n"); rmdir("/tmp/verdict-escape-dir"); bad++; }
+    int fd = open("/dev/null", O_WRONLY | O_TRUNC); if (fd < 0) { printf("no /dev/null\n"); bad++; }
+    printf("bad=%d\n", bad);
+    return bad;
+}"#,
+        &[],
+        Limits::default(),
+        SLOT_BASE + 24,
+    );
+    assert_eq!(o.exit_code, Some(0), "{}", stdout(&o));
+    assert!(!std::path::Path::new("/tmp/verdict-escape").exists());
+}
+
+#[test]
+fn signals_and_ptrace_on_the_worker_fail() {
+    let o = c(
+        "killparent",
+        r#"
+int main() {
+    pid_t pp = getppid();
+    int bad = 0;
+    if (kill(pp, 0) == 0) { printf("can signal parent\n"); bad++; }
+    if (kill(1, 0) == 0) { printf("can signal init\n"); bad++; }
+    if (ptrace(PTRACE_ATTACH, pp, 0, 0) == 0) { printf("ptrace ok\n"); bad++; }
+    if (syscall(SYS_pidfd_open, pp, 0) >= 0 && 0) bad++;
+    kill(-1, SIGKILL);   /* everything we may signal (nothing but ourselves' group) */
+    printf("bad=%d\n", bad);
+    return bad;
+}"#,
+        &[],
+        Limits::default(),
+        SLOT_BASE + 25,
+    );
+    // kill(-1) never hits the caller; it survives and reports.
+    assert_eq!(o.exit_code, Some(0), "{o:?} {}", stdout(&o));
+}
+
+#[test]
+fn fork_bomb_in_c_is_contained() {
+    let slot = SLOT_BASE + 26;
+    let limits = Limits {
+        wall_ms: 1_500,
+        processes: 32,
+        ..Limits::default()
+    };
+    let o = c(
+        "forkbomb",
+        "int main(){ for(;;) fork(); }",
+        &[],
+        limits,
+        slot,
+    );
+    assert!(o.limit.is_some(), "{o:?}");
+    assert_normal_run_still_works(slot);
+    // The slot can still fork (nothing left over counts against it).
+    let o = run(
+        slot,
+        "/bin/sh",
+        &["-c", "/bin/echo a | /bin/cat"],
+        b"",
+        Limits::default(),
+    );
+    assert_eq!(stdout(&o), "a\n", "{o:?}");
+}
+
+#[test]
+fn fork_bomb_in_bash_is_contained() {
+    let slot = SLOT_BASE + 27;
+    let limits = Limits {
+        wall_ms: 1_500,
+        processes: 32,
+        ..Limits::default()
+    };
+    let o = run(
+        slot,
+        "/bin/bash",
+        &["-c", "f(){ f | f & }; f; sleep 5"],
+        b"",
+        limits,
+    );
+    assert!(o.limit.is_some() || o.exit_code.is_some(), "{o:?}");
+    assert!(o.wall_ms < 3_000, "{o:?}");
+    assert_normal_run_still_works(slot);
+    let o = run(
+        slot,
+        "/bin/sh",
+        &["-c", "/bin/echo a | /bin/cat"],
+        b"",
+        Limits::default(),
+    );
+    assert_eq!(stdout(&o), "a\n", "{o:?}");
+}
+
+#[test]
+fn thread_bomb_is_contained() {
+    let slot = SLOT_BASE + 28;
+    let limits = Limits {
+        wall_ms: 1_500,
+        processes: 32,
+        ..Limits::default()
+    };
+    let o = c(
+        "threadbomb",
+        r#"void *f(void *a){ for(;;) pause(); return 0; }
+           int main(){ int n = 0; pthread_t t; while (pthread_create(&t, 0, f, 0) == 0) n++; printf("%d threads\n", n); return 0; }"#,
+        &[],
+        limits,
+        slot,
+    );
+    let n: u64 = stdout(&o)
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(n < 32, "{o:?}");
+    assert_normal_run_still_works(slot);
+}
+
+#[test]
+fn memory_bomb_is_mle() {
+    let slot = SLOT_BASE + 29;
+    let limits = Limits {
+        memory_kb: 64 * 1024,
+        wall_ms: 5_000,
+        ..Limits::default()
+    };
+    let o = c(
+        "membomb",
+        r#"int main(){ for(;;){ char *p = malloc(1<<20); if(!p) return 3; memset(p, 1, 1<<20);} }"#,
+        &[],
+        limits,
+        slot,
+    );
+    assert_eq!(o.limit, Some(LimitHit::Memory), "{o:?}");
+    assert_normal_run_still_works(slot);
+}
+
+#[test]
+fn peak_memory_is_accurate_for_100_mb() {
+    let o = c(
+        "touch100",
+        r#"int main(){ size_t n = 100u << 20; char *p = malloc(n); for (size_t i = 0; i < n; i += 4096) p[i] = 1; printf("%d\n", p[4096]); return 0; }"#,
+        &[],
+        Limits::default(),
+        SLOT_BASE + 30,
+    );
+    assert!(o.success(), "{o:?}");
+    let mb = o.memory_kb as f64 / 1024.0;
+    assert!((100.0..=110.0).contains(&mb), "peak {mb:.1} MB");
+}
+
+#[test]
+fn huge_file_write_is_capped() {
+    let limits = Limits {
+        file_size_bytes: 16 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let o = c(
+        "bigfile",
+        r#"int main(){ static char buf[1<<20]; int fd = open("big", O_WRONLY|O_CREAT|O_TRUNC, 0600);
+            for (int i = 0; i < 2048; i++) if (write(fd, buf, sizeof buf) < 0) { printf("write failed at %d MB\n", i); return 1; }
+            return 0; }"#,
+        &[],
+        limits,
+        SLOT_BASE + 31,
+    );
+    assert!(
+        o.signal == Some(libc::SIGXFSZ) || o.exit_code == Some(1),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn setsid_daemon_does_not_outlive_the_run() {
+    let slot = SLOT_BASE + 32;
+    let o = c(
+        "daemon",
+        r#"int main(){
+            if (fork() == 0) { setsid(); if (fork() == 0) { printf("%d\n", getpid()); fflush(stdout);
+                close(1); close(2); for(;;) sleep(1); } _exit(0); }
+            wait(0); usleep(100000); return 0; }"#,
+        &[],
+        Limits::default(),
+        slot,
+    );
+    assert_eq!(o.exit_code, Some(0), "{o:?}");
+    let pid: i32 = stdout(&o).trim().parse().expect("daemon pid");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Gone, or at worst a zombie awaiting its reaper.
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        let state = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().chars().next())
+            .unwrap_or(None);
+        assert_eq!(state, Some('Z'), "daemon still alive: {stat}");
+    }
+    assert_normal_run_still_works(slot);
+}
+
+#[test]
+fn symlink_to_etc_in_run_dir_is_not_followed_on_removal() {
+    let slot = SLOT_BASE + 33;
+    let canary_dir = tempfile::tempdir().expect("tempdir");
+    let canary = canary_dir.path().join("canary");
+    std::fs::write(&canary, b"keep me").expect("canary");
+    let dir = sandbox().run_dir(slot).expect("dir");
+    let script = format!(
+        "ln -s /etc etc && ln -s {} canarydir && mkdir -p a/b && ln -s /etc a/b/etc2 && ls etc/ >/dev/null; echo ok",
+        canary_dir.path().display()
+    );
+    let r = run_in(
+        &dir,
+        slot,
+        "/bin/sh",
+        &["-c", &script],
+        b"",
+        Limits::default(),
+    );
+    assert_eq!(stdout(&r.outcome), "ok\n", "{:?}", r.outcome);
+    let path = dir.path().to_path_buf();
+    drop(dir);
+    assert!(!path.exists());
+    assert!(std::path::Path::new("/etc/passwd").exists());
+    assert_eq!(std::fs::read(&canary).expect("canary survives"), b"keep me");
+}
+
+#[test]
+fn closing_stdio_is_harmless() {
+    let o = c(
+        "closefds",
+        r#"int main(){ write(1, "x", 1); close(0); close(1); close(2); dup2(5, 1); int fd = open("/dev/null", O_RDONLY); dup2(fd, 2); return 4; }"#,
+        &[],
+        Limits::default(),
+        SLOT_BASE + 34,
+    );
+    assert_eq!(o.exit_code, Some(4), "{o:?}");
+    assert_eq!(o.stdout, b"x");
+}
+
+#[test]
+fn chmod_and_chown_outside_fail() {
+    let o = c(
+        "chmod",
+        r#"int main(){ int bad = 0;
+            if (chmod("/usr/bin/ls", 04777) == 0) { printf("chmod ls\n"); bad++; }
+            if (chown("/usr/bin/ls", getuid(), getgid()) == 0) { printf("chown ls\n"); bad++; }
+            int fd = open("mine", O_CREAT|O_WRONLY, 0600); close(fd);
+            if (geteuid() != 0 && chown("mine", 0, 0) == 0) { printf("chown to root\n"); bad++; }
+            if (chmod("mine", 04755) != 0) { printf("chmod own file failed\n"); }
+            return bad; }"#,
+        &[],
+        Limits::default(),
+        SLOT_BASE + 35,
+    );
+    assert_eq!(o.exit_code, Some(0), "{}", stdout(&o));
+}
+
+#[test]
+fn namespaces_and_mounts_are_denied() {
+    let o = c(
+        "ns",
+        r#"static char stack[65536]; static int fn(void *a){ return 0; }
+        int main(){ int bad = 0;
+            if (unshare(CLONE_NEWUSER) == 0) { printf("unshare user\n"); bad++; }
+            if (unshare(CLONE_NEWNS) == 0) { printf("unshare ns\n"); bad++; }
+            if (mount("none", "/tmp", "tmpfs", 0, 0) == 0) { printf("mount\n"); bad++; }
+            int p = clone(fn, stack + sizeof stack, CLONE_NEWUSER | SIGCHLD, 0);
+            if (p > 0) { printf("clone newuser\n"); bad++; }
+            if (syscall(SYS_clone3, 0, 0) != -1 || errno != ENOSYS) { printf("clone3 not ENOSYS\n"); bad++; }
+            if (chroot(".") == 0) { printf("chroot\n"); bad++; }
+            if (syscall(SYS_io_uring_setup, 1, 0) >= 0) { printf("io_uring\n"); bad++; }
+            if (syscall(SYS_bpf, 0, 0, 0) >= 0 || errno != EPERM) { printf("bpf errno %d\n", errno); bad++; }
+            if (personality(0x0040000) != -1) { printf("personality\n"); bad++; }
+            /* a normal fork still works */
+            pid_t c = fork(); if (c == 0) _exit(0); if (c < 0) { printf("fork failed\n"); bad++; } else waitpid(c, 0, 0);
+            return bad; }"#
+            .replace("int main", "#include <sys/personality.h>\nint main")
+            .as_str(),
+        &[],
+        Limits::default(),
+        SLOT_BASE + 36,
+    );
+    assert_eq!(o.exit_code, Some(0), "{}", stdout(&o));
+}
+
+#[test]
+fn own_seccomp_filter_is_harmless() {
+    let o = c(
+        "ownseccomp",
+        r#"#include <linux/filter.h>
+        int main(){
+            struct sock_filter allow[] = { BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW) };
+            struct sock_fprog prog = { 1, allow };
+            if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) return 2;
+            /* Strict mode on top of a filter is refused by the kernel; either way nothing is loosened. */
+            prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT);
+            int s = socket(AF_INET, SOCK_STREAM, 0);
+            printf("own filter, inet socket %s\n", s < 0 ? "still denied" : "ALLOWED"); return 0; }"#,
+        &[],
+        Limits::default(),
+        SLOT_BASE + 37,
+    );
+    assert_eq!(
+        stdout(&o),
+        "own filter, inet socket still denied\n",
+        "{o:?}"
+    );
+    assert_normal_run_still_works(SLOT_BASE + 37);
+}
+
+#[test]
+fn program_sleeping_past_wall_limit_is_killed() {
+    let slot = SLOT_BASE + 38;
+    let limits = Limits {
+        wall_ms: 400,
+        ..Limits::default()
+    };
+    let o = c(
+        "sleeper",
+        "int main(){ close(1); close(2); sleep(30); return 0; }",
+        &[],
+        limits,
+        slot,
+    );
+    assert_eq!(o.limit, Some(LimitHit::WallTime), "{o:?}");
+    assert!(o.wall_ms < 1_500);
+    assert_normal_run_still_works(slot);
+}
+
+#[test]
+fn background_child_holding_pipes_does_not_stall_the_run() {
+    let slot = SLOT_BASE + 39;
+    let t = std::time::Instant::now();
+    let o = run(
+        slot,
+        "/bin/sh",
+        &["-c", "sleep 30 & echo started"],
+        b"",
+        Limits::default(),
+    );
+    assert_eq!(stdout(&o), "started\n", "{o:?}");
+    assert!(t.elapsed().as_millis() < 2_000, "{:?}", t.elapsed());
+}
