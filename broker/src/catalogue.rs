@@ -71,7 +71,10 @@ struct File {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid catalogue: {0}")]
     Parse(#[from] toml::de::Error),
     #[error("invalid catalogue: {0}")]
@@ -91,17 +94,32 @@ impl Catalogue {
         let file: File = toml::from_str(text)?;
         let mut index = HashMap::new();
         for (k, lang) in file.language.iter().enumerate() {
-            if lang.run.is_empty() || lang.version.is_empty() || lang.compile.as_ref().is_some_and(Vec::is_empty) {
-                return Err(CatalogueError::Invalid(format!("{}: empty command", lang.id)));
+            if lang.run.is_empty()
+                || lang.version.is_empty()
+                || lang.compile.as_ref().is_some_and(Vec::is_empty)
+            {
+                return Err(CatalogueError::Invalid(format!(
+                    "{}: empty command",
+                    lang.id
+                )));
             }
             if lang.source.contains('/') || lang.source.starts_with('.') {
-                return Err(CatalogueError::Invalid(format!("{}: source must be a plain file name", lang.id)));
+                return Err(CatalogueError::Invalid(format!(
+                    "{}: source must be a plain file name",
+                    lang.id
+                )));
             }
             if index.insert(lang.id.clone(), k).is_some() {
-                return Err(CatalogueError::Invalid(format!("duplicate language id {}", lang.id)));
+                return Err(CatalogueError::Invalid(format!(
+                    "duplicate language id {}",
+                    lang.id
+                )));
             }
         }
-        Ok(Catalogue { languages: file.language, index })
+        Ok(Catalogue {
+            languages: file.language,
+            index,
+        })
     }
 
     /// Loads `path`, or the built-in catalogue when `path` is `None`.
@@ -109,8 +127,11 @@ impl Catalogue {
         match path {
             None => Self::parse(BUILTIN),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| CatalogueError::Read { path: path.display().to_string(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| CatalogueError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
                 Self::parse(&text)
             }
         }
@@ -120,10 +141,19 @@ impl Catalogue {
     /// records the first line. Blocking: call from a blocking context.
     pub fn detect_versions(&mut self) {
         for lang in &mut self.languages {
-            let output = std::process::Command::new(&lang.version[0]).args(&lang.version[1..]).output();
+            let output = std::process::Command::new(&lang.version[0])
+                .args(&lang.version[1..])
+                .output();
             lang.detected_version = output.ok().filter(|o| o.status.success()).and_then(|o| {
-                let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-                String::from_utf8_lossy(&text).lines().next().map(|l| l.trim().to_owned())
+                let text = if o.stdout.is_empty() {
+                    o.stderr
+                } else {
+                    o.stdout
+                };
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .next()
+                    .map(|l| l.trim().to_owned())
             });
         }
     }
@@ -140,7 +170,11 @@ impl Catalogue {
 
     /// Comma-separated ids, for error messages.
     pub fn ids(&self) -> String {
-        self.languages.iter().map(|l| l.id.as_str()).collect::<Vec<_>>().join(", ")
+        self.languages
+            .iter()
+            .map(|l| l.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -158,14 +192,22 @@ mod tests {
         assert!(!c.get("python3").is_some_and(Language::compiled));
         for lang in c.languages() {
             for program in lang.toolchain() {
-                assert!(!program.starts_with("/root"), "{}: {program} is unreachable for sandbox users", lang.id);
+                assert!(
+                    !program.starts_with("/root"),
+                    "{}: {program} is unreachable for sandbox users",
+                    lang.id
+                );
             }
         }
     }
 
     #[test]
     fn duplicate_ids_are_rejected() {
-        let text = "[[language]]\nid='a'\nname='A'\nsource='a'\nversion=['x']\nrun=['x']\n".repeat(2);
-        assert!(matches!(Catalogue::parse(&text), Err(CatalogueError::Invalid(_))));
+        let text =
+            "[[language]]\nid='a'\nname='A'\nsource='a'\nversion=['x']\nrun=['x']\n".repeat(2);
+        assert!(matches!(
+            Catalogue::parse(&text),
+            Err(CatalogueError::Invalid(_))
+        ));
     }
 }

@@ -39,8 +39,15 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub(crate) fn new(capacity: usize, control: Option<mpsc::UnboundedSender<Control>>) -> Arc<Self> {
-        Arc::new(Hub { channels: Mutex::new(HashMap::new()), capacity, control })
+    pub(crate) fn new(
+        capacity: usize,
+        control: Option<mpsc::UnboundedSender<Control>>,
+    ) -> Arc<Self> {
+        Arc::new(Hub {
+            channels: Mutex::new(HashMap::new()),
+            capacity,
+            control,
+        })
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -65,13 +72,22 @@ impl Hub {
                 }
             }
         };
-        let live = LiveEvents { rx, _guard: Guard { hub: Arc::clone(self), id: id.to_owned() } };
+        let live = LiveEvents {
+            rx,
+            _guard: Guard {
+                hub: Arc::clone(self),
+                id: id.to_owned(),
+            },
+        };
         if let Some(control) = &self.control {
             // Every joiner waits for a confirmation: the first sends SUBSCRIBE, later ones
             // wait behind it in the same ordered queue.
             let (done_tx, done_rx) = oneshot::channel();
             let _ = first;
-            if control.send(Control::Subscribe(id.to_owned(), done_tx)).is_ok() {
+            if control
+                .send(Control::Subscribe(id.to_owned(), done_tx))
+                .is_ok()
+            {
                 let _ = done_rx.await;
             }
         }

@@ -46,7 +46,10 @@ pub struct BrokerSettings {
 
 impl Default for BrokerSettings {
     fn default() -> Self {
-        BrokerSettings { ttl: Duration::from_secs(24 * 3600), max_queue: 10_000 }
+        BrokerSettings {
+            ttl: Duration::from_secs(24 * 3600),
+            max_queue: 10_000,
+        }
     }
 }
 

@@ -58,7 +58,10 @@ impl MemoryBroker {
 
     /// Drops expired records, at most once a minute, while the lock is held anyway.
     fn sweep(state: &mut State, now: Instant) {
-        if state.last_sweep.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+        if state
+            .last_sweep
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60))
+        {
             return;
         }
         state.last_sweep = Some(now);
@@ -71,7 +74,12 @@ impl MemoryBroker {
             record.submission.status = status;
         }
         record.expires = Instant::now() + self.settings.ttl;
-        let event = Event { seq: record.seq, submission_id: record.submission.id.clone(), at: Utc::now(), kind };
+        let event = Event {
+            seq: record.seq,
+            submission_id: record.submission.id.clone(),
+            at: Utc::now(),
+            kind,
+        };
         record.log.push(event.clone());
         event
     }
@@ -95,7 +103,12 @@ impl Broker for MemoryBroker {
                 log: Vec::new(),
                 expires: now + self.settings.ttl,
             };
-            let event = self.append(&mut record, EventKind::Queued { position: Some(waiting + 1) });
+            let event = self.append(
+                &mut record,
+                EventKind::Queued {
+                    position: Some(waiting + 1),
+                },
+            );
             state.records.insert(job.submission.id.clone(), record);
             let delivery = state.next_delivery;
             state.next_delivery += 1;
@@ -109,7 +122,11 @@ impl Broker for MemoryBroker {
 
     async fn submission(&self, id: &str) -> Result<Option<Submission>> {
         let state = self.state();
-        Ok(state.records.get(id).filter(|r| r.expires > Instant::now()).map(|r| r.submission.clone()))
+        Ok(state
+            .records
+            .get(id)
+            .filter(|r| r.expires > Instant::now())
+            .map(|r| r.submission.clone()))
     }
 
     async fn publish(&self, id: &str, kind: EventKind) -> Result<Option<Event>> {
@@ -139,7 +156,12 @@ impl Broker for MemoryBroker {
             record.done = true;
             let mut last = submission.clone();
             last.status = Status::Finished;
-            let event = self.append(record, EventKind::Finished { submission: Box::new(last.clone()) });
+            let event = self.append(
+                record,
+                EventKind::Finished {
+                    submission: Box::new(last.clone()),
+                },
+            );
             record.submission = last;
             event
         };
@@ -152,7 +174,13 @@ impl Broker for MemoryBroker {
         Ok(state
             .records
             .get(id)
-            .map(|r| r.log.iter().skip(usize::try_from(after).unwrap_or(usize::MAX)).cloned().collect())
+            .map(|r| {
+                r.log
+                    .iter()
+                    .skip(usize::try_from(after).unwrap_or(usize::MAX))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -168,7 +196,11 @@ impl Broker for MemoryBroker {
                 let mut state = self.state();
                 if let Some((id, job)) = state.queue.pop_front() {
                     state.in_flight.insert(id, job.clone());
-                    return Ok(Some(Delivery { id: id.to_string(), job, redeliveries: 0 }));
+                    return Ok(Some(Delivery {
+                        id: id.to_string(),
+                        job,
+                        redeliveries: 0,
+                    }));
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

@@ -145,7 +145,9 @@ impl RedisBroker {
         subscriber.init().await?;
         let _ = subscriber.manage_subscriptions();
 
-        let names = Names { ns: settings.namespace.clone() };
+        let names = Names {
+            ns: settings.namespace.clone(),
+        };
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let hub = Hub::new(1024, Some(control_tx));
         let broker = Arc::new(RedisBroker {
@@ -161,13 +163,24 @@ impl RedisBroker {
             finish_script: Script::from_lua(FINISH_LUA),
         });
         broker.ensure_group().await?;
-        tokio::spawn(control_loop(broker.subscriber.clone(), Arc::clone(&broker.hub), names, control_rx));
-        tokio::spawn(message_loop(broker.subscriber.clone(), Arc::clone(&broker.hub)));
+        tokio::spawn(control_loop(
+            broker.subscriber.clone(),
+            Arc::clone(&broker.hub),
+            names,
+            control_rx,
+        ));
+        tokio::spawn(message_loop(
+            broker.subscriber.clone(),
+            Arc::clone(&broker.hub),
+        ));
         Ok(broker)
     }
 
     async fn ensure_group(&self) -> Result<()> {
-        let created: std::result::Result<Value, Error> = self.client.xgroup_create(self.names.jobs(), GROUP, "$", true).await;
+        let created: std::result::Result<Value, Error> = self
+            .client
+            .xgroup_create(self.names.jobs(), GROUP, "$", true)
+            .await;
         match created {
             Ok(_) => Ok(()),
             Err(e) if e.details().contains("BUSYGROUP") => Ok(()),
@@ -199,7 +212,12 @@ impl RedisBroker {
 }
 
 /// Executes SUBSCRIBE/UNSUBSCRIBE in request order (see `hub::Control`).
-async fn control_loop(subscriber: SubscriberClient, hub: Arc<Hub>, names: Names, mut rx: mpsc::UnboundedReceiver<Control>) {
+async fn control_loop(
+    subscriber: SubscriberClient,
+    hub: Arc<Hub>,
+    names: Names,
+    mut rx: mpsc::UnboundedReceiver<Control>,
+) {
     while let Some(control) = rx.recv().await {
         match control {
             Control::Subscribe(id, done) => {
@@ -279,7 +297,12 @@ fn parse_stream_entry(value: Value) -> Option<(String, String, Option<String>)> 
 impl Broker for RedisBroker {
     async fn submit(&self, job: &Job) -> Result<Event> {
         let id = &job.submission.id;
-        let mut event = Event { seq: 0, submission_id: id.clone(), at: Utc::now(), kind: EventKind::Queued { position: None } };
+        let mut event = Event {
+            seq: 0,
+            submission_id: id.clone(),
+            at: Utc::now(),
+            kind: EventKind::Queued { position: None },
+        };
         let record = serde_json::to_string(&job.submission)?;
         let placeholder = Self::placeholder(&event)?;
         let job_json = serde_json::to_string(job)?;
@@ -288,21 +311,34 @@ impl Broker for RedisBroker {
             .evalsha_with_reload(
                 &self.client,
                 vec![self.names.record(id), self.names.log(id), self.names.jobs()],
-                vec![record, placeholder, self.names.channel(id), self.ttl_secs(), job_json, self.settings.max_queue.to_string()],
+                vec![
+                    record,
+                    placeholder,
+                    self.names.channel(id),
+                    self.ttl_secs(),
+                    job_json,
+                    self.settings.max_queue.to_string(),
+                ],
             )
             .await?;
         if position < 0 {
             return Err(BrokerError::QueueFull(position.unsigned_abs() - 1));
         }
         event.seq = 1;
-        event.kind = EventKind::Queued { position: Some(position.unsigned_abs()) };
+        event.kind = EventKind::Queued {
+            position: Some(position.unsigned_abs()),
+        };
         Ok(event)
     }
 
     async fn submission(&self, id: &str) -> Result<Option<Submission>> {
-        let (record, status): (Option<String>, Option<String>) =
-            self.client.hmget(self.names.record(id), vec!["record", "status"]).await?;
-        let Some(record) = record else { return Ok(None) };
+        let (record, status): (Option<String>, Option<String>) = self
+            .client
+            .hmget(self.names.record(id), vec!["record", "status"])
+            .await?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
         let mut submission: Submission = serde_json::from_str(&record)?;
         if let Some(status) = status {
             if let Ok(status) = serde_json::from_value(serde_json::Value::String(status)) {
@@ -314,16 +350,29 @@ impl Broker for RedisBroker {
 
     async fn publish(&self, id: &str, kind: EventKind) -> Result<Option<Event>> {
         let status = match kind.status() {
-            Some(s) => serde_json::to_value(s)?.as_str().unwrap_or_default().to_owned(),
+            Some(s) => serde_json::to_value(s)?
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
             None => String::new(),
         };
-        let mut event = Event { seq: 0, submission_id: id.to_owned(), at: Utc::now(), kind };
+        let mut event = Event {
+            seq: 0,
+            submission_id: id.to_owned(),
+            at: Utc::now(),
+            kind,
+        };
         let seq: i64 = self
             .publish_script
             .evalsha_with_reload(
                 &self.client,
                 vec![self.names.record(id), self.names.log(id)],
-                vec![Self::placeholder(&event)?, self.names.channel(id), status, self.ttl_secs()],
+                vec![
+                    Self::placeholder(&event)?,
+                    self.names.channel(id),
+                    status,
+                    self.ttl_secs(),
+                ],
             )
             .await?;
         match seq {
@@ -341,14 +390,25 @@ impl Broker for RedisBroker {
         let mut last = submission.clone();
         last.status = crate::types::Status::Finished;
         let record = serde_json::to_string(&last)?;
-        let mut event =
-            Event { seq: 0, submission_id: id.clone(), at: Utc::now(), kind: EventKind::Finished { submission: Box::new(last) } };
+        let mut event = Event {
+            seq: 0,
+            submission_id: id.clone(),
+            at: Utc::now(),
+            kind: EventKind::Finished {
+                submission: Box::new(last),
+            },
+        };
         let seq: i64 = self
             .finish_script
             .evalsha_with_reload(
                 &self.client,
                 vec![self.names.record(id), self.names.log(id)],
-                vec![Self::placeholder(&event)?, self.names.channel(id), record, self.ttl_secs()],
+                vec![
+                    Self::placeholder(&event)?,
+                    self.names.channel(id),
+                    record,
+                    self.ttl_secs(),
+                ],
             )
             .await?;
         match seq {
@@ -364,7 +424,9 @@ impl Broker for RedisBroker {
     async fn events_after(&self, id: &str, after: u64) -> Result<Vec<Event>> {
         let start = i64::try_from(after).unwrap_or(i64::MAX);
         let raw: Vec<String> = self.client.lrange(self.names.log(id), start, -1).await?;
-        raw.iter().map(|s| serde_json::from_str(s).map_err(BrokerError::from)).collect()
+        raw.iter()
+            .map(|s| serde_json::from_str(s).map_err(BrokerError::from))
+            .collect()
     }
 
     async fn subscribe(&self, id: &str) -> Result<LiveEvents> {
@@ -378,23 +440,50 @@ impl Broker for RedisBroker {
         let reply: Value = client
             .custom(
                 CustomCommand::new("XREADGROUP", ClusterHash::Custom(0), true),
-                vec!["GROUP", GROUP, consumer, "COUNT", "1", "BLOCK", block_ms.as_str(), "STREAMS", jobs.as_str(), ">"],
+                vec![
+                    "GROUP",
+                    GROUP,
+                    consumer,
+                    "COUNT",
+                    "1",
+                    "BLOCK",
+                    block_ms.as_str(),
+                    "STREAMS",
+                    jobs.as_str(),
+                    ">",
+                ],
             )
             .await?;
         // Reply: nil, or [[stream, [[id, [field, value...]]]]] (RESP2 array form).
-        let Some(stream) = reply.into_array().into_iter().next() else { return Ok(None) };
-        let Some(entries) = stream.into_array().into_iter().nth(1) else { return Ok(None) };
-        let Some(entry) = entries.into_array().into_iter().next() else { return Ok(None) };
+        let Some(stream) = reply.into_array().into_iter().next() else {
+            return Ok(None);
+        };
+        let Some(entries) = stream.into_array().into_iter().nth(1) else {
+            return Ok(None);
+        };
+        let Some(entry) = entries.into_array().into_iter().next() else {
+            return Ok(None);
+        };
         let Some((id, job, _)) = parse_stream_entry(entry) else {
             return Ok(None);
         };
         let job: Job = serde_json::from_str(&job)?;
-        Ok(Some(Delivery { id, job, redeliveries: 0 }))
+        Ok(Some(Delivery {
+            id,
+            job,
+            redeliveries: 0,
+        }))
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<()> {
-        let _: i64 = self.client.xack(self.names.jobs(), GROUP, delivery.id.as_str()).await?;
-        let _: i64 = self.client.xdel(self.names.jobs(), delivery.id.as_str()).await?;
+        let _: i64 = self
+            .client
+            .xack(self.names.jobs(), GROUP, delivery.id.as_str())
+            .await?;
+        let _: i64 = self
+            .client
+            .xdel(self.names.jobs(), delivery.id.as_str())
+            .await?;
         Ok(())
     }
 

@@ -161,12 +161,25 @@ pub struct Job {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum EventKind {
-    Queued { position: Option<u64> },
+    Queued {
+        position: Option<u64>,
+    },
     Compiling,
-    Running { test: u32, tests: u32 },
-    Output { test: u32, stream: Stream, chunk: String },
-    TestFinished { result: TestResult },
-    Finished { submission: Box<Submission> },
+    Running {
+        test: u32,
+        tests: u32,
+    },
+    Output {
+        test: u32,
+        stream: Stream,
+        chunk: String,
+    },
+    TestFinished {
+        result: TestResult,
+    },
+    Finished {
+        submission: Box<Submission>,
+    },
 }
 
 impl EventKind {

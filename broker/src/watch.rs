@@ -86,10 +86,17 @@ pub async fn watch(broker: Arc<dyn Broker>, id: &str, after_seq: u64) -> Result<
     if broker.submission(id).await?.is_none() {
         return Err(BrokerError::NotFound(id.to_owned()));
     }
-    let mut state =
-        State { broker, id: id.to_owned(), live, buffer: VecDeque::new(), last: after_seq, done: false };
+    let mut state = State {
+        broker,
+        id: id.to_owned(),
+        live,
+        buffer: VecDeque::new(),
+        last: after_seq,
+        done: false,
+    };
     state.refill().await?;
-    Ok(Box::pin(futures_util::stream::unfold(state, |mut state| async move {
-        state.next().await.map(|item| (item, state))
-    })))
+    Ok(Box::pin(futures_util::stream::unfold(
+        state,
+        |mut state| async move { state.next().await.map(|item| (item, state)) },
+    )))
 }

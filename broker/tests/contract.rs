@@ -30,9 +30,22 @@ fn redis_url() -> &'static str {
             if let Ok(url) = std::env::var("REDIS_URL") {
                 return RedisServer { url, _child: None };
             }
-            let port = TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+            let port = TcpListener::bind("127.0.0.1:0")
+                .expect("free port")
+                .local_addr()
+                .expect("addr")
+                .port();
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("redis-server must be installed (scripts/test installs it)");
@@ -42,7 +55,10 @@ fn redis_url() -> &'static str {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            RedisServer { url: format!("redis://127.0.0.1:{port}"), _child: Some(ChildGuard(child)) }
+            RedisServer {
+                url: format!("redis://127.0.0.1:{port}"),
+                _child: Some(ChildGuard(child)),
+            }
         })
         .url
 }
@@ -53,7 +69,9 @@ async fn redis_broker() -> SharedBroker {
         namespace: format!("test-{}", uuid::Uuid::new_v4()),
         broker: BrokerSettings::default(),
     };
-    RedisBroker::connect(settings).await.expect("connect to redis")
+    RedisBroker::connect(settings)
+        .await
+        .expect("connect to redis")
 }
 
 async fn memory_broker() -> SharedBroker {
@@ -64,12 +82,24 @@ fn job(source: &str) -> Job {
     let request = Request {
         language: "python3".into(),
         source: source.into(),
-        tests: vec![TestCase { stdin: String::new(), expected_output: None }],
-        limits: Limits { cpu_time_ms: 1000, wall_time_ms: 2000, memory_kb: 65536, output_bytes: 1024, processes: 8 },
+        tests: vec![TestCase {
+            stdin: String::new(),
+            expected_output: None,
+        }],
+        limits: Limits {
+            cpu_time_ms: 1000,
+            wall_time_ms: 2000,
+            memory_kb: 65536,
+            output_bytes: 1024,
+            processes: 8,
+        },
         compare: CompareMode::TrimTrailing,
         stop_on_first_failure: false,
     };
-    Job { submission: Submission::queued(uuid::Uuid::new_v4().to_string(), None, &request), request }
+    Job {
+        submission: Submission::queued(uuid::Uuid::new_v4().to_string(), None, &request),
+        request,
+    }
 }
 
 fn finished(job: &Job, verdict: Verdict) -> Submission {
@@ -83,27 +113,77 @@ async fn submit_queues_and_logs_seq_1(broker: SharedBroker) {
     let event = broker.submit(&job).await.expect("submit");
     assert_eq!(event.seq, 1);
     assert!(matches!(event.kind, EventKind::Queued { position: Some(p) } if p >= 1));
-    let record = broker.submission(&job.submission.id).await.expect("read").expect("exists");
+    let record = broker
+        .submission(&job.submission.id)
+        .await
+        .expect("read")
+        .expect("exists");
     assert_eq!(record.status, Status::Queued);
-    let log = broker.events_after(&job.submission.id, 0).await.expect("log");
+    let log = broker
+        .events_after(&job.submission.id, 0)
+        .await
+        .expect("log");
     assert_eq!(log, vec![event]);
-    assert!(broker.submission("no-such-id").await.expect("read").is_none());
+    assert!(broker
+        .submission("no-such-id")
+        .await
+        .expect("read")
+        .is_none());
 }
 
 async fn seq_increases_and_first_finish_wins(broker: SharedBroker) {
     let job = job("print(1)");
     broker.submit(&job).await.expect("submit");
     let id = &job.submission.id;
-    let running = broker.publish(id, EventKind::Running { test: 1, tests: 1 }).await.expect("publish").expect("open");
+    let running = broker
+        .publish(id, EventKind::Running { test: 1, tests: 1 })
+        .await
+        .expect("publish")
+        .expect("open");
     assert_eq!(running.seq, 2);
-    assert_eq!(broker.submission(id).await.expect("read").expect("exists").status, Status::Running);
-    let first = broker.finish(&finished(&job, Verdict::Accepted)).await.expect("finish").expect("first wins");
+    assert_eq!(
+        broker
+            .submission(id)
+            .await
+            .expect("read")
+            .expect("exists")
+            .status,
+        Status::Running
+    );
+    let first = broker
+        .finish(&finished(&job, Verdict::Accepted))
+        .await
+        .expect("finish")
+        .expect("first wins");
     assert_eq!(first.seq, 3);
-    assert!(broker.finish(&finished(&job, Verdict::Cancelled)).await.expect("finish").is_none(), "second final write must lose");
-    assert!(broker.publish(id, EventKind::Compiling).await.expect("publish").is_none(), "events after the end are discarded");
+    assert!(
+        broker
+            .finish(&finished(&job, Verdict::Cancelled))
+            .await
+            .expect("finish")
+            .is_none(),
+        "second final write must lose"
+    );
+    assert!(
+        broker
+            .publish(id, EventKind::Compiling)
+            .await
+            .expect("publish")
+            .is_none(),
+        "events after the end are discarded"
+    );
     let record = broker.submission(id).await.expect("read").expect("exists");
-    assert_eq!((record.status, record.verdict), (Status::Finished, Some(Verdict::Accepted)));
-    let seqs: Vec<u64> = broker.events_after(id, 0).await.expect("log").iter().map(|e| e.seq).collect();
+    assert_eq!(
+        (record.status, record.verdict),
+        (Status::Finished, Some(Verdict::Accepted))
+    );
+    let seqs: Vec<u64> = broker
+        .events_after(id, 0)
+        .await
+        .expect("log")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
     assert_eq!(seqs, vec![1, 2, 3]);
     assert_eq!(broker.events_after(id, 2).await.expect("log").len(), 1);
 }
@@ -112,12 +192,25 @@ async fn late_watcher_gets_replay_then_end(broker: SharedBroker) {
     let job = job("print(1)");
     broker.submit(&job).await.expect("submit");
     let id = &job.submission.id;
-    broker.publish(id, EventKind::Running { test: 1, tests: 1 }).await.expect("publish");
-    broker.finish(&finished(&job, Verdict::Accepted)).await.expect("finish");
+    broker
+        .publish(id, EventKind::Running { test: 1, tests: 1 })
+        .await
+        .expect("publish");
+    broker
+        .finish(&finished(&job, Verdict::Accepted))
+        .await
+        .expect("finish");
     let stream = watch(Arc::clone(&broker), id, 0).await.expect("watch");
-    let events: Vec<Event> =
-        tokio::time::timeout(Duration::from_secs(5), stream.map(|e| e.expect("event")).collect()).await.expect("completes");
-    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let events: Vec<Event> = tokio::time::timeout(
+        Duration::from_secs(5),
+        stream.map(|e| e.expect("event")).collect(),
+    )
+    .await
+    .expect("completes");
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert!(events[2].is_final());
 }
 
@@ -128,17 +221,42 @@ async fn live_watchers_see_every_event_once(broker: SharedBroker) {
     let mut watchers = Vec::new();
     for _ in 0..3 {
         let stream = watch(Arc::clone(&broker), &id, 0).await.expect("watch");
-        watchers.push(tokio::spawn(async move { stream.map(|e| e.expect("event").seq).collect::<Vec<_>>().await }));
+        watchers.push(tokio::spawn(async move {
+            stream
+                .map(|e| e.expect("event").seq)
+                .collect::<Vec<_>>()
+                .await
+        }));
     }
-    assert_eq!(broker.watched(), 1, "one shared subscription per submission");
+    assert_eq!(
+        broker.watched(),
+        1,
+        "one shared subscription per submission"
+    );
     for k in 0..200 {
         let chunk = format!("line {k}\n");
-        broker.publish(&id, EventKind::Output { test: 1, stream: Stream::Stdout, chunk }).await.expect("publish");
+        broker
+            .publish(
+                &id,
+                EventKind::Output {
+                    test: 1,
+                    stream: Stream::Stdout,
+                    chunk,
+                },
+            )
+            .await
+            .expect("publish");
     }
-    broker.finish(&finished(&job, Verdict::Accepted)).await.expect("finish");
+    broker
+        .finish(&finished(&job, Verdict::Accepted))
+        .await
+        .expect("finish");
     let expected: Vec<u64> = (1..=202).collect();
     for w in watchers {
-        let seqs = tokio::time::timeout(Duration::from_secs(10), w).await.expect("completes").expect("task");
+        let seqs = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("completes")
+            .expect("task");
         assert_eq!(seqs, expected);
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -149,8 +267,14 @@ async fn watching_from_a_seq_resumes_there(broker: SharedBroker) {
     let job = job("print(1)");
     broker.submit(&job).await.expect("submit");
     let id = &job.submission.id;
-    broker.publish(id, EventKind::Compiling).await.expect("publish");
-    broker.publish(id, EventKind::Running { test: 1, tests: 1 }).await.expect("publish");
+    broker
+        .publish(id, EventKind::Compiling)
+        .await
+        .expect("publish");
+    broker
+        .publish(id, EventKind::Running { test: 1, tests: 1 })
+        .await
+        .expect("publish");
     let stream = watch(Arc::clone(&broker), id, 2).await.expect("watch");
     let finisher = {
         let broker = Arc::clone(&broker);
@@ -160,15 +284,20 @@ async fn watching_from_a_seq_resumes_there(broker: SharedBroker) {
             broker.finish(&done).await.expect("finish");
         })
     };
-    let seqs: Vec<u64> = tokio::time::timeout(Duration::from_secs(5), stream.map(|e| e.expect("event").seq).collect())
-        .await
-        .expect("completes");
+    let seqs: Vec<u64> = tokio::time::timeout(
+        Duration::from_secs(5),
+        stream.map(|e| e.expect("event").seq).collect(),
+    )
+    .await
+    .expect("completes");
     finisher.await.expect("finisher");
     assert_eq!(seqs, vec![3, 4]);
 }
 
 async fn unknown_id_is_an_error_not_a_hang(broker: SharedBroker) {
-    let result = tokio::time::timeout(Duration::from_secs(2), watch(broker, "does-not-exist", 0)).await.expect("no hang");
+    let result = tokio::time::timeout(Duration::from_secs(2), watch(broker, "does-not-exist", 0))
+        .await
+        .expect("no hang");
     assert!(matches!(result, Err(BrokerError::NotFound(_))));
 }
 
@@ -178,7 +307,11 @@ async fn each_job_is_delivered_once(broker: SharedBroker) {
         broker.submit(j).await.expect("submit");
     }
     let mut seen = Vec::new();
-    while let Some(delivery) = broker.next_job("c1", Duration::from_millis(200)).await.expect("next") {
+    while let Some(delivery) = broker
+        .next_job("c1", Duration::from_millis(200))
+        .await
+        .expect("next")
+    {
         seen.push(delivery.job.submission.id.clone());
         broker.ack(&delivery).await.expect("ack");
     }
@@ -191,7 +324,10 @@ async fn each_job_is_delivered_once(broker: SharedBroker) {
 async fn queue_limit_refuses_submits(broker: SharedBroker) {
     // Exercised with a private small-limit broker below; here: the default is generous.
     for k in 0..20 {
-        broker.submit(&job(&format!("print({k})"))).await.expect("under the default limit");
+        broker
+            .submit(&job(&format!("print({k})")))
+            .await
+            .expect("under the default limit");
     }
 }
 
@@ -219,7 +355,10 @@ contract!(
 
 #[tokio::test]
 async fn full_queue_is_refused_on_both_backends() {
-    let settings = BrokerSettings { max_queue: 2, ..BrokerSettings::default() };
+    let settings = BrokerSettings {
+        max_queue: 2,
+        ..BrokerSettings::default()
+    };
     let memory: SharedBroker = MemoryBroker::new(settings.clone());
     let redis: SharedBroker = RedisBroker::connect(RedisSettings {
         url: redis_url().to_owned(),
@@ -231,6 +370,9 @@ async fn full_queue_is_refused_on_both_backends() {
     for broker in [memory, redis] {
         broker.submit(&job("1")).await.expect("first");
         broker.submit(&job("2")).await.expect("second");
-        assert!(matches!(broker.submit(&job("3")).await, Err(BrokerError::QueueFull(2))));
+        assert!(matches!(
+            broker.submit(&job("3")).await,
+            Err(BrokerError::QueueFull(2))
+        ));
     }
 }

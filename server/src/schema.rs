@@ -1,0 +1,496 @@
+//! The GraphQL schema (design.md, "GraphQL"). Names here are a fixed contract.
+
+use std::sync::Arc;
+
+use async_graphql::{
+    Context, Enum, InputObject, Interface, Object, Result, Schema, SimpleObject, Subscription, ID,
+};
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use verdict_broker::{watch, Catalogue, Event, EventKind, Job, SharedBroker, TestCase};
+
+use async_graphql::ErrorExtensions;
+
+use crate::error::{gql, ApiError};
+use crate::metrics::Metrics;
+use crate::validate::{InputPolicy, RawSubmit, RequestedLimits};
+
+/// The executable schema type.
+pub type VerdictSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+/// What resolvers need; put into the schema's data once.
+pub struct ApiState {
+    pub broker: SharedBroker,
+    pub catalogue: Arc<Catalogue>,
+    pub policy: InputPolicy,
+    pub metrics: Arc<Metrics>,
+    /// Fires on shutdown: open subscriptions complete instead of hanging.
+    pub shutdown: CancellationToken,
+}
+
+/// Builds the schema around `state`.
+pub fn build(state: Arc<ApiState>) -> VerdictSchema {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .data(state)
+        .finish()
+}
+
+/// The SDL, as `verdict schema` prints it and `schema.graphql` holds it.
+pub fn sdl() -> String {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .finish()
+        .sdl()
+}
+
+fn clamp(v: u64) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "verdict_broker::Status")]
+pub enum Status {
+    Queued,
+    Compiling,
+    Running,
+    Finished,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "verdict_broker::Verdict")]
+pub enum Verdict {
+    Accepted,
+    WrongAnswer,
+    TimeLimitExceeded,
+    MemoryLimitExceeded,
+    OutputLimitExceeded,
+    RuntimeError,
+    CompilationError,
+    Cancelled,
+    InternalError,
+}
+
+/// How output is compared with `expectedOutput`.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Default)]
+#[graphql(remote = "verdict_broker::CompareMode")]
+pub enum CompareMode {
+    /// Byte for byte.
+    Exact,
+    /// Trailing whitespace per line and trailing blank lines ignored; CRLF = LF.
+    #[default]
+    TrimTrailing,
+    /// Whitespace-separated tokens equal.
+    Tokens,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "verdict_broker::Stream", name = "Stream")]
+pub enum Stream_ {
+    Stdout,
+    Stderr,
+}
+
+/// A language of the catalogue.
+pub struct Language(verdict_broker::Language);
+
+#[Object]
+impl Language {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// The toolchain's version line, detected at start-up; "unavailable" when missing.
+    async fn version(&self) -> &str {
+        self.0.detected_version.as_deref().unwrap_or("unavailable")
+    }
+    async fn compiled(&self) -> bool {
+        self.0.compiled()
+    }
+}
+
+/// The outcome of one test.
+pub struct TestResult(verdict_broker::TestResult);
+
+#[Object]
+impl TestResult {
+    /// 1-based position in the submission's tests.
+    async fn index(&self) -> i32 {
+        clamp(u64::from(self.0.index))
+    }
+    async fn verdict(&self) -> Verdict {
+        self.0.verdict.into()
+    }
+    /// CPU time (user + system) in milliseconds.
+    async fn time_ms(&self) -> i32 {
+        clamp(self.0.time_ms)
+    }
+    async fn wall_time_ms(&self) -> i32 {
+        clamp(self.0.wall_time_ms)
+    }
+    /// Peak memory in KiB.
+    async fn memory_kb(&self) -> i32 {
+        clamp(self.0.memory_kb)
+    }
+    async fn exit_code(&self) -> Option<i32> {
+        self.0.exit_code
+    }
+    /// The signal number, when the program was killed by one.
+    async fn signal(&self) -> Option<i32> {
+        self.0.signal
+    }
+    async fn stdout(&self) -> &str {
+        &self.0.stdout
+    }
+    async fn stderr(&self) -> &str {
+        &self.0.stderr
+    }
+    /// True when stdout or stderr was cut at the output limit.
+    async fn truncated(&self) -> bool {
+        self.0.truncated
+    }
+}
+
+/// A submission's public record.
+pub struct Submission(verdict_broker::Submission);
+
+#[Object]
+impl Submission {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn language(&self) -> ID {
+        ID(self.0.language.clone())
+    }
+    async fn status(&self) -> Status {
+        self.0.status.into()
+    }
+    async fn verdict(&self) -> Option<Verdict> {
+        self.0.verdict.map(Into::into)
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.0.finished_at
+    }
+    async fn compile_output(&self) -> Option<&str> {
+        self.0.compile_output.as_deref()
+    }
+    /// One result per test run so far (tests skipped after a failure have none).
+    async fn tests(&self) -> Vec<TestResult> {
+        self.0.tests.iter().cloned().map(TestResult).collect()
+    }
+    /// Number of tests requested.
+    async fn test_count(&self) -> i32 {
+        clamp(u64::from(self.0.test_count))
+    }
+    /// The largest CPU time over the tests.
+    async fn time_ms(&self) -> Option<i32> {
+        self.0.time_ms.map(clamp)
+    }
+    /// The largest peak memory over the tests.
+    async fn memory_kb(&self) -> Option<i32> {
+        self.0.memory_kb.map(clamp)
+    }
+    /// Why it ended as INTERNAL_ERROR or CANCELLED, for humans.
+    async fn message(&self) -> Option<&str> {
+        self.0.message.as_deref()
+    }
+}
+
+macro_rules! event_object {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(SimpleObject)]
+        pub struct $name {
+            pub submission_id: ID,
+            pub seq: i32,
+            pub at: DateTime<Utc>,
+            $($(#[$fdoc])* pub $field: $ty,)*
+        }
+    };
+}
+
+event_object!(
+    /// The submission is waiting for a worker.
+    QueuedEvent { /// 1-based place in the queue when it was queued.
+    position: Option<i32> }
+);
+event_object!(
+    /// Compilation started.
+    CompilingEvent {}
+);
+event_object!(
+    /// Test `test` of `tests` started.
+    RunningEvent { test: i32, tests: i32 }
+);
+event_object!(
+    /// A chunk of a running test's output.
+    OutputEvent { test: i32, stream: Stream_, chunk: String }
+);
+
+/// A test finished.
+pub struct TestFinishedEvent {
+    submission_id: ID,
+    seq: i32,
+    at: DateTime<Utc>,
+    result: verdict_broker::TestResult,
+}
+
+#[Object]
+impl TestFinishedEvent {
+    async fn submission_id(&self) -> &ID {
+        &self.submission_id
+    }
+    async fn seq(&self) -> &i32 {
+        &self.seq
+    }
+    async fn at(&self) -> &DateTime<Utc> {
+        &self.at
+    }
+    async fn result(&self) -> TestResult {
+        TestResult(self.result.clone())
+    }
+}
+
+/// The submission finished; the last event of its stream.
+pub struct FinishedEvent {
+    submission_id: ID,
+    seq: i32,
+    at: DateTime<Utc>,
+    submission: verdict_broker::Submission,
+}
+
+#[Object]
+impl FinishedEvent {
+    async fn submission_id(&self) -> &ID {
+        &self.submission_id
+    }
+    async fn seq(&self) -> &i32 {
+        &self.seq
+    }
+    async fn at(&self) -> &DateTime<Utc> {
+        &self.at
+    }
+    async fn submission(&self) -> Submission {
+        Submission(self.submission.clone())
+    }
+}
+
+/// Every status change of a submission; `seq` starts at 1 and grows by one per event.
+#[derive(Interface)]
+#[graphql(
+    field(name = "submission_id", ty = "&ID"),
+    field(name = "seq", ty = "&i32"),
+    field(name = "at", ty = "&DateTime<Utc>")
+)]
+pub enum SubmissionEvent {
+    QueuedEvent(QueuedEvent),
+    CompilingEvent(CompilingEvent),
+    RunningEvent(RunningEvent),
+    OutputEvent(OutputEvent),
+    TestFinishedEvent(TestFinishedEvent),
+    FinishedEvent(FinishedEvent),
+}
+
+impl From<Event> for SubmissionEvent {
+    fn from(e: Event) -> Self {
+        let (submission_id, seq, at) = (ID(e.submission_id), clamp(e.seq), e.at);
+        match e.kind {
+            EventKind::Queued { position } => SubmissionEvent::QueuedEvent(QueuedEvent {
+                submission_id,
+                seq,
+                at,
+                position: position.map(clamp),
+            }),
+            EventKind::Compiling => SubmissionEvent::CompilingEvent(CompilingEvent {
+                submission_id,
+                seq,
+                at,
+            }),
+            EventKind::Running { test, tests } => SubmissionEvent::RunningEvent(RunningEvent {
+                submission_id,
+                seq,
+                at,
+                test: clamp(u64::from(test)),
+                tests: clamp(u64::from(tests)),
+            }),
+            EventKind::Output {
+                test,
+                stream,
+                chunk,
+            } => SubmissionEvent::OutputEvent(OutputEvent {
+                submission_id,
+                seq,
+                at,
+                test: clamp(u64::from(test)),
+                stream: stream.into(),
+                chunk,
+            }),
+            EventKind::TestFinished { result } => {
+                SubmissionEvent::TestFinishedEvent(TestFinishedEvent {
+                    submission_id,
+                    seq,
+                    at,
+                    result,
+                })
+            }
+            EventKind::Finished { submission } => SubmissionEvent::FinishedEvent(FinishedEvent {
+                submission_id,
+                seq,
+                at,
+                submission: *submission,
+            }),
+        }
+    }
+}
+
+/// Resource limits; each optional, server defaults and maxima apply.
+#[derive(InputObject, Default)]
+pub struct LimitsInput {
+    pub cpu_time_ms: Option<i32>,
+    pub wall_time_ms: Option<i32>,
+    pub memory_kb: Option<i32>,
+    pub output_bytes: Option<i32>,
+    pub processes: Option<i32>,
+}
+
+/// One judged run.
+#[derive(InputObject)]
+pub struct TestInput {
+    pub stdin: String,
+    pub expected_output: Option<String>,
+}
+
+/// A program to run.
+#[derive(InputObject)]
+pub struct SubmitInput {
+    /// A language id from `languages`, e.g. "python3".
+    pub language: ID,
+    pub source: String,
+    /// Used when `tests` is absent: one run, no expected output.
+    pub stdin: Option<String>,
+    /// Judged runs, in order, against one compiled program.
+    pub tests: Option<Vec<TestInput>>,
+    pub limits: Option<LimitsInput>,
+    #[graphql(default)]
+    pub compare: CompareMode,
+    /// Skip the remaining tests after the first that is not accepted.
+    #[graphql(default)]
+    pub stop_on_first_failure: bool,
+}
+
+fn state<'a>(ctx: &Context<'a>) -> Result<&'a Arc<ApiState>> {
+    ctx.data::<Arc<ApiState>>()
+}
+
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// The languages this service runs.
+    async fn languages(&self, ctx: &Context<'_>) -> Result<Vec<Language>> {
+        Ok(state(ctx)?
+            .catalogue
+            .languages()
+            .iter()
+            .cloned()
+            .map(Language)
+            .collect())
+    }
+
+    /// A submission by id; null when unknown or expired.
+    async fn submission(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Submission>> {
+        let s = state(ctx)?;
+        Ok(s.broker.submission(&id).await.map_err(gql)?.map(Submission))
+    }
+}
+
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Queues a program; returns at once with status QUEUED.
+    async fn submit(&self, ctx: &Context<'_>, input: SubmitInput) -> Result<Submission> {
+        let s = state(ctx)?;
+        let limits = input.limits.unwrap_or_default();
+        let raw = RawSubmit {
+            language: input.language.0,
+            source: input.source,
+            stdin: input.stdin,
+            tests: input.tests.map(|tests| {
+                tests
+                    .into_iter()
+                    .map(|t| TestCase {
+                        stdin: t.stdin,
+                        expected_output: t.expected_output,
+                    })
+                    .collect()
+            }),
+            limits: RequestedLimits {
+                cpu_time_ms: limits.cpu_time_ms,
+                wall_time_ms: limits.wall_time_ms,
+                memory_kb: limits.memory_kb,
+                output_bytes: limits.output_bytes,
+                processes: limits.processes,
+            },
+            compare: input.compare.into(),
+            stop_on_first_failure: input.stop_on_first_failure,
+        };
+        let request = s.policy.check(&s.catalogue, raw).map_err(|e| e.extend())?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let submission = verdict_broker::Submission::queued(id, None, &request);
+        let job = Job {
+            submission,
+            request,
+        };
+        s.broker.submit(&job).await.map_err(gql)?;
+        s.metrics.submitted();
+        Ok(Submission(job.submission))
+    }
+
+    /// Cancels a submission that has not finished; a finished one is returned unchanged.
+    async fn cancel(&self, ctx: &Context<'_>, id: ID) -> Result<Submission> {
+        let s = state(ctx)?;
+        let Some(mut record) = s.broker.submission(&id).await.map_err(gql)? else {
+            return Err(ApiError::NotFound(id.0).extend());
+        };
+        if record.status != verdict_broker::Status::Finished {
+            record.message = Some("cancelled by the client".into());
+            record.finish(verdict_broker::Verdict::Cancelled);
+            s.broker.finish(&record).await.map_err(gql)?;
+        }
+        let latest = s.broker.submission(&id).await.map_err(gql)?;
+        Ok(Submission(latest.unwrap_or(record)))
+    }
+}
+
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// Every event of a submission: the past ones replayed, then live ones; completes
+    /// after FinishedEvent. `afterSeq` resumes after a reconnect without repeats.
+    async fn submission_events(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        after_seq: Option<i32>,
+    ) -> Result<impl Stream<Item = Result<SubmissionEvent>>> {
+        let s = state(ctx)?;
+        let after = u64::try_from(after_seq.unwrap_or(0).max(0)).unwrap_or(0);
+        let events = watch(Arc::clone(&s.broker), &id, after)
+            .await
+            .map_err(gql)?;
+        let guard = s.metrics.subscription();
+        let shutdown = s.shutdown.clone().cancelled_owned();
+        Ok(events
+            .map(move |item| {
+                let _alive = &guard;
+                item.map(SubmissionEvent::from).map_err(gql)
+            })
+            .take_until(shutdown))
+    }
+}

@@ -1,0 +1,180 @@
+//! Turns a client's SubmitInput into a trusted Request: defaults filled, maxima enforced,
+//! every rejection naming the field and the allowed range.
+
+use verdict_broker::{Catalogue, CompareMode, Limits, Request, TestCase};
+
+use crate::error::ApiError;
+
+/// Server-side defaults and maxima (configurable).
+#[derive(Debug, Clone)]
+pub struct InputPolicy {
+    pub default_limits: Limits,
+    pub max_limits: Limits,
+    pub max_source_bytes: usize,
+    pub max_stdin_bytes: usize,
+    pub max_tests: usize,
+}
+
+impl Default for InputPolicy {
+    fn default() -> Self {
+        InputPolicy {
+            default_limits: Limits {
+                cpu_time_ms: 2_000,
+                wall_time_ms: 5_000,
+                memory_kb: 256 * 1024,
+                output_bytes: 1024 * 1024,
+                processes: 64,
+            },
+            max_limits: Limits {
+                cpu_time_ms: 15_000,
+                wall_time_ms: 30_000,
+                memory_kb: 1024 * 1024,
+                output_bytes: 64 * 1024 * 1024,
+                processes: 256,
+            },
+            max_source_bytes: 256 * 1024,
+            max_stdin_bytes: 8 * 1024 * 1024,
+            max_tests: 100,
+        }
+    }
+}
+
+/// Requested limits, each optional.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestedLimits {
+    pub cpu_time_ms: Option<i32>,
+    pub wall_time_ms: Option<i32>,
+    pub memory_kb: Option<i32>,
+    pub output_bytes: Option<i32>,
+    pub processes: Option<i32>,
+}
+
+/// The raw input, already shaped by GraphQL.
+#[derive(Debug, Clone)]
+pub struct RawSubmit {
+    pub language: String,
+    pub source: String,
+    pub stdin: Option<String>,
+    pub tests: Option<Vec<TestCase>>,
+    pub limits: RequestedLimits,
+    pub compare: CompareMode,
+    pub stop_on_first_failure: bool,
+}
+
+fn limit(
+    field: &'static str,
+    requested: Option<i32>,
+    default: u64,
+    max: u64,
+) -> Result<u64, ApiError> {
+    match requested {
+        None => Ok(default),
+        Some(v) if v >= 1 && (v as u64) <= max => Ok(v as u64),
+        Some(v) => Err(ApiError::bad(
+            field,
+            format!("limits.{field} is {v}; it must be between 1 and {max}"),
+        )),
+    }
+}
+
+impl InputPolicy {
+    /// Checks and completes `raw`; the first problem found is reported.
+    pub fn check(&self, catalogue: &Catalogue, raw: RawSubmit) -> Result<Request, ApiError> {
+        if catalogue.get(&raw.language).is_none() {
+            return Err(ApiError::bad(
+                "language",
+                format!(
+                    "unknown language \"{}\"; valid ids: {}",
+                    raw.language,
+                    catalogue.ids()
+                ),
+            ));
+        }
+        if raw.source.len() > self.max_source_bytes {
+            return Err(ApiError::bad(
+                "source",
+                format!(
+                    "source is {} bytes; the maximum is {} bytes",
+                    raw.source.len(),
+                    self.max_source_bytes
+                ),
+            ));
+        }
+        let tests = match (raw.tests, raw.stdin) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad(
+                    "stdin",
+                    "give either stdin (one plain run) or tests, not both",
+                ));
+            }
+            (Some(tests), None) => {
+                if tests.is_empty() {
+                    return Err(ApiError::bad(
+                        "tests",
+                        "tests is empty; omit it for a plain run",
+                    ));
+                }
+                tests
+            }
+            (None, stdin) => vec![TestCase {
+                stdin: stdin.unwrap_or_default(),
+                expected_output: None,
+            }],
+        };
+        if tests.len() > self.max_tests {
+            return Err(ApiError::bad(
+                "tests",
+                format!(
+                    "{} tests given; the maximum is {}",
+                    tests.len(),
+                    self.max_tests
+                ),
+            ));
+        }
+        let stdin_total: usize = tests.iter().map(|t| t.stdin.len()).sum();
+        if stdin_total > self.max_stdin_bytes {
+            return Err(ApiError::bad(
+                "stdin",
+                format!(
+                    "stdin totals {stdin_total} bytes; the maximum is {} bytes",
+                    self.max_stdin_bytes
+                ),
+            ));
+        }
+        let expected_total: usize = tests
+            .iter()
+            .filter_map(|t| t.expected_output.as_ref())
+            .map(String::len)
+            .sum();
+        if expected_total > self.max_stdin_bytes {
+            return Err(ApiError::bad(
+                "expectedOutput",
+                format!(
+                    "expected outputs total {expected_total} bytes; the maximum is {} bytes",
+                    self.max_stdin_bytes
+                ),
+            ));
+        }
+        let (d, m, r) = (&self.default_limits, &self.max_limits, &raw.limits);
+        let limits = Limits {
+            cpu_time_ms: limit("cpuTimeMs", r.cpu_time_ms, d.cpu_time_ms, m.cpu_time_ms)?,
+            wall_time_ms: limit("wallTimeMs", r.wall_time_ms, d.wall_time_ms, m.wall_time_ms)?,
+            memory_kb: limit("memoryKb", r.memory_kb, d.memory_kb, m.memory_kb)?,
+            output_bytes: limit(
+                "outputBytes",
+                r.output_bytes,
+                d.output_bytes,
+                m.output_bytes,
+            )?,
+            processes: limit("processes", r.processes, d.processes, m.processes)?,
+        };
+        Ok(Request {
+            language: raw.language,
+            source: raw.source,
+            tests,
+            limits,
+            compare: raw.compare,
+            stop_on_first_failure: raw.stop_on_first_failure,
+        })
+    }
+}

@@ -1,0 +1,354 @@
+//! One job, start to end: compile once, run each test, publish every step, store the
+//! outcome. Blocking sandbox work runs on tokio's blocking pool.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use verdict_broker::{
+    EventKind, Job, Language, LimitBoost, Limits, Signal, Status, Stream, Submission, TestCase,
+    TestResult, Verdict,
+};
+use verdict_sandbox::{Outcome, RunDir, RunSpec, Sandbox, StreamKind};
+
+use crate::error::WorkerError;
+use crate::judge;
+use crate::Worker;
+
+/// Compiler output kept in `compileOutput`.
+const COMPILE_OUTPUT_CAP: usize = 64 * 1024;
+
+fn boosted(limits: &Limits, boost: &LimitBoost) -> verdict_sandbox::Limits {
+    verdict_sandbox::Limits {
+        cpu_ms: limits.cpu_time_ms + boost.extra_cpu_ms,
+        wall_ms: limits.wall_time_ms + boost.extra_wall_ms,
+        memory_kb: limits.memory_kb + boost.extra_memory_kb,
+        output_bytes: limits.output_bytes,
+        processes: limits.processes.max(boost.min_processes),
+        ..verdict_sandbox::Limits::default()
+    }
+}
+
+fn environment(dir: &RunDir) -> Vec<(String, String)> {
+    let home = dir.path().display().to_string();
+    vec![
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("HOME".into(), home.clone()),
+        ("TMPDIR".into(), home),
+        ("LANG".into(), "C.UTF-8".into()),
+    ]
+}
+
+/// Resolves `./main` against the run directory; absolute paths stay as they are.
+fn program(dir: &RunDir, command: &[String]) -> PathBuf {
+    match command[0].strip_prefix("./") {
+        Some(local) => dir.path().join(local),
+        None => PathBuf::from(&command[0]),
+    }
+}
+
+/// Turns byte chunks into valid UTF-8 text without splitting a character across events.
+#[derive(Default)]
+struct Utf8Carry {
+    tail: Vec<u8>,
+}
+
+impl Utf8Carry {
+    fn push(&mut self, bytes: &[u8]) -> String {
+        self.tail.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.tail) {
+            Ok(_) => self.tail.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => self.tail.len(),
+        };
+        let rest = self.tail.split_off(valid);
+        let text = String::from_utf8_lossy(&self.tail).into_owned();
+        self.tail = rest;
+        text
+    }
+}
+
+impl Worker {
+    /// Runs `command` in the sandbox on the blocking pool, forwarding output chunks to
+    /// `output` when given.
+    async fn sandboxed(
+        &self,
+        dir: &Arc<RunDir>,
+        command: &[String],
+        stdin: String,
+        limits: verdict_sandbox::Limits,
+        output: Option<mpsc::UnboundedSender<(StreamKind, Vec<u8>)>>,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<Outcome, WorkerError> {
+        let sandbox: Arc<Sandbox> = Arc::clone(&self.sandbox);
+        let dir = Arc::clone(dir);
+        let cancel = Arc::clone(cancel);
+        let command = command.to_vec();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let spec = RunSpec {
+                program: program(&dir, &command),
+                args: command[1..].to_vec(),
+                env: environment(&dir),
+                stdin: stdin.as_bytes(),
+                dir: &dir,
+                slot: dir.slot(),
+                limits,
+            };
+            let mut forward = |stream: StreamKind, chunk: &[u8]| {
+                if let Some(tx) = &output {
+                    let _ = tx.send((stream, chunk.to_vec()));
+                }
+            };
+            sandbox.run(&spec, &mut forward, &cancel)
+        })
+        .await??;
+        Ok(outcome)
+    }
+
+    /// Handles one job; errors are ours and become INTERNAL_ERROR in the caller.
+    pub(crate) async fn process(&self, job: &Job, slot: u32) -> Result<(), WorkerError> {
+        let id = job.submission.id.clone();
+        let request = &job.request;
+        let lang: Language = self
+            .catalogue
+            .get(&request.language)
+            .cloned()
+            .ok_or_else(|| WorkerError::UnknownLanguage(request.language.clone()))?;
+
+        // A final event written by someone else (a cancel, a duplicate run) stops us.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut live = self.broker.subscribe(&id).await?;
+        if self
+            .broker
+            .submission(&id)
+            .await?
+            .is_none_or(|s| s.status == Status::Finished)
+        {
+            return Ok(());
+        }
+        let watcher = {
+            let cancel = Arc::clone(&cancel);
+            let broker = Arc::clone(&self.broker);
+            let id = id.clone();
+            tokio::spawn(async move {
+                while let Some(signal) = live.recv().await {
+                    let finished = match signal {
+                        Signal::Event(event) => event.is_final(),
+                        Signal::Resync => broker
+                            .submission(&id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .is_none_or(|s| s.status == Status::Finished),
+                    };
+                    if finished {
+                        cancel.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            })
+        };
+        let result = self.judge(job, &lang, slot, &cancel).await;
+        watcher.abort();
+        let submission = result?;
+        self.broker.finish(&submission).await?;
+        Ok(())
+    }
+
+    async fn judge(
+        &self,
+        job: &Job,
+        lang: &Language,
+        slot: u32,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<Submission, WorkerError> {
+        let id = &job.submission.id;
+        let request = &job.request;
+        let mut submission = job.submission.clone();
+        let sandbox = Arc::clone(&self.sandbox);
+        let dir = Arc::new(tokio::task::spawn_blocking(move || sandbox.run_dir(slot)).await??);
+        dir.write_file(&lang.source, request.source.as_bytes())?;
+
+        if let Some(compile) = &lang.compile {
+            self.broker.publish(id, EventKind::Compiling).await?;
+            let limits = boosted(&self.config.compile_limits, &lang.compile_limits);
+            let outcome = self
+                .sandboxed(&dir, compile, String::new(), limits, None, cancel)
+                .await?;
+            let mut text = String::from_utf8_lossy(&outcome.stderr).into_owned();
+            text.push_str(&String::from_utf8_lossy(&outcome.stdout));
+            if text.len() > COMPILE_OUTPUT_CAP {
+                let cut = (0..=COMPILE_OUTPUT_CAP)
+                    .rev()
+                    .find(|&k| text.is_char_boundary(k))
+                    .unwrap_or(0);
+                text.truncate(cut);
+                text.push_str("\n[compiler output truncated at 64 KiB]");
+            }
+            if !outcome.success() {
+                let why = match outcome.limit {
+                    Some(
+                        verdict_sandbox::LimitHit::CpuTime | verdict_sandbox::LimitHit::WallTime,
+                    ) => Some("the compiler exceeded its time limit"),
+                    Some(verdict_sandbox::LimitHit::Memory) => {
+                        Some("the compiler exceeded its memory limit")
+                    }
+                    Some(verdict_sandbox::LimitHit::Output) => {
+                        Some("the compiler exceeded its output limit")
+                    }
+                    Some(verdict_sandbox::LimitHit::Cancelled) => {
+                        submission.finish(Verdict::Cancelled);
+                        return Ok(submission);
+                    }
+                    None => None,
+                };
+                if let Some(why) = why {
+                    text = format!("{why}\n{text}");
+                }
+                submission.compile_output = Some(text);
+                submission.finish(Verdict::CompilationError);
+                return Ok(submission);
+            }
+            submission.compile_output = (!text.is_empty()).then_some(text);
+        }
+
+        let plain = [TestCase {
+            stdin: String::new(),
+            expected_output: None,
+        }];
+        let tests: &[TestCase] = if request.tests.is_empty() {
+            &plain
+        } else {
+            &request.tests
+        };
+        let total = u32::try_from(tests.len()).unwrap_or(u32::MAX);
+        let limits = boosted(&request.limits, &lang.run_limits);
+        let mut overall = Verdict::Accepted;
+        for (k, test) in tests.iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                overall = Verdict::Cancelled;
+                break;
+            }
+            let index = u32::try_from(k + 1).unwrap_or(u32::MAX);
+            self.broker
+                .publish(
+                    id,
+                    EventKind::Running {
+                        test: index,
+                        tests: total,
+                    },
+                )
+                .await?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let forwarder = tokio::spawn(forward_output(
+                Arc::clone(&self.broker),
+                id.clone(),
+                index,
+                rx,
+            ));
+            let outcome = self
+                .sandboxed(
+                    &dir,
+                    &lang.run,
+                    test.stdin.clone(),
+                    limits,
+                    Some(tx),
+                    cancel,
+                )
+                .await;
+            // The sender is gone once the sandbox returned: the forwarder drains and ends.
+            let _ = forwarder.await;
+            let outcome = outcome?;
+            let verdict =
+                judge::verdict(&outcome, test.expected_output.as_deref(), request.compare);
+            let result = TestResult {
+                index,
+                verdict,
+                time_ms: outcome.cpu_ms,
+                wall_time_ms: outcome.wall_ms,
+                memory_kb: outcome.memory_kb,
+                exit_code: outcome.exit_code,
+                signal: outcome.signal,
+                stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&outcome.stderr).into_owned(),
+                truncated: outcome.stdout_truncated || outcome.stderr_truncated,
+            };
+            self.broker
+                .publish(
+                    id,
+                    EventKind::TestFinished {
+                        result: result.clone(),
+                    },
+                )
+                .await?;
+            submission.tests.push(result);
+            if verdict != Verdict::Accepted && overall == Verdict::Accepted {
+                overall = verdict;
+                if request.stop_on_first_failure || verdict == Verdict::Cancelled {
+                    break;
+                }
+            }
+        }
+        submission.finish(overall);
+        Ok(submission)
+    }
+}
+
+/// Publishes live output as OutputEvents, coalescing whatever arrived since the last
+/// publish so a chatty program makes few events.
+async fn forward_output(
+    broker: verdict_broker::SharedBroker,
+    id: String,
+    test: u32,
+    mut rx: mpsc::UnboundedReceiver<(StreamKind, Vec<u8>)>,
+) {
+    let mut carry = [Utf8Carry::default(), Utf8Carry::default()];
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut text = [String::new(), String::new()];
+        for (stream, bytes) in batch {
+            let k = usize::from(stream == StreamKind::Stderr);
+            text[k].push_str(&carry[k].push(&bytes));
+        }
+        for (k, chunk) in text.into_iter().enumerate() {
+            if chunk.is_empty() {
+                continue;
+            }
+            let stream = if k == 0 {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
+            if let Err(e) = broker
+                .publish(
+                    &id,
+                    EventKind::Output {
+                        test,
+                        stream,
+                        chunk,
+                    },
+                )
+                .await
+            {
+                tracing::warn!(error = %e, submission = %id, "dropping live output chunk");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Utf8Carry;
+
+    #[test]
+    fn utf8_is_never_split_across_chunks() {
+        let mut carry = Utf8Carry::default();
+        let bytes = "héllo".as_bytes();
+        assert_eq!(carry.push(&bytes[..2]), "h");
+        assert_eq!(carry.push(&bytes[2..]), "éllo");
+    }
+}
