@@ -143,7 +143,8 @@ impl RedisBroker {
         client.init().await?;
         let subscriber = builder(&config).build_subscriber_client()?;
         subscriber.init().await?;
-        let _ = subscriber.manage_subscriptions();
+        // Re-subscribes every tracked channel after a reconnect; runs for the client's life.
+        drop(subscriber.manage_subscriptions());
 
         let names = Names {
             ns: settings.namespace.clone(),

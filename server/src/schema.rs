@@ -280,6 +280,8 @@ impl FinishedEvent {
 }
 
 /// Every status change of a submission; `seq` starts at 1 and grows by one per event.
+/// (Variant names are the GraphQL type names, GitHub style: `ClosedEvent`, ...)
+#[allow(clippy::enum_variant_names)]
 #[derive(Interface)]
 #[graphql(
     field(name = "submission_id", ty = "&ID"),
