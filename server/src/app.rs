@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
@@ -26,11 +26,10 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/ws", get(websocket))
-        .route("/graphiql", get(graphiql))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/", get(index))
+        .merge(crate::assets::router())
         .with_state(state)
 }
 
@@ -93,16 +92,6 @@ async fn websocket_from(state: AppState, request: Request) -> Response {
         })
 }
 
-async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/ws")
-            .title("Verdict GraphiQL")
-            .finish(),
-    )
-}
-
 async fn readyz(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(1), state.api.broker.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
@@ -127,15 +116,3 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.api.metrics.render(queue, state.api.broker.watched());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
-
-async fn index() -> Html<&'static str> {
-    Html(INDEX)
-}
-
-const INDEX: &str = r#"<!doctype html><meta charset="utf-8"><title>Verdict</title>
-<style>body{font:16px system-ui;max-width:40rem;margin:3rem auto;padding:0 1rem}</style>
-<h1>Verdict</h1>
-<p>Real-time code execution over GraphQL. Open <a href="/graphiql">GraphiQL</a> to submit code and
-watch its events live.</p>
-<p>The example web app is not built into this binary. Build it with
-<code>cd frontend-example &amp;&amp; npm ci &amp;&amp; npm run build</code> and rebuild the server.</p>"#;

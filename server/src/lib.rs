@@ -2,6 +2,7 @@
 //! enqueues submissions and streams their events; it never runs submitted code.
 
 mod app;
+mod assets;
 mod error;
 mod metrics;
 mod schema;
