@@ -57,18 +57,242 @@ struct BrokerArgs {
     /// Submits are refused (QUEUE_FULL) beyond this many waiting jobs; 0 = no limit.
     #[arg(long, env = "VERDICT_MAX_QUEUE", default_value_t = 10_000)]
     max_queue: u64,
+    /// A running job whose worker stops renewing its lease for this long (ms) is given
+    /// to another worker.
+    #[arg(long, env = "VERDICT_VISIBILITY_TIMEOUT_MS", default_value_t = 10_000)]
+    visibility_timeout_ms: u64,
+}
+
+/// How a worker handles shutdown and crashes.
+#[derive(Args, Clone)]
+struct WorkerTuning {
+    /// On SIGTERM, seconds running jobs may take to finish before they are handed back.
+    #[arg(long, env = "VERDICT_GRACE_SECS", default_value_t = 30)]
+    grace_secs: u64,
+    /// A job whose worker died this many times is finished as INTERNAL_ERROR.
+    #[arg(long, env = "VERDICT_MAX_REDELIVERIES", default_value_t = 3)]
+    max_redeliveries: u64,
+}
+
+/// Limits of submitted programs: the default when a submission names none, and the
+/// largest it may ask for (per-language `run_limits` in the catalogue add to both).
+#[derive(Args, Clone)]
+struct LimitsArgs {
+    /// Default CPU time per test, ms.
+    #[arg(long, env = "VERDICT_DEFAULT_CPU_MS", default_value_t = 2_000)]
+    default_cpu_ms: u64,
+    /// Largest CPU time per test a submission may ask for, ms.
+    #[arg(long, env = "VERDICT_MAX_CPU_MS", default_value_t = 15_000)]
+    max_cpu_ms: u64,
+    /// Default wall time per test, ms.
+    #[arg(long, env = "VERDICT_DEFAULT_WALL_MS", default_value_t = 5_000)]
+    default_wall_ms: u64,
+    #[arg(long, env = "VERDICT_MAX_WALL_MS", default_value_t = 30_000)]
+    max_wall_ms: u64,
+    /// Default memory per test, KiB.
+    #[arg(long, env = "VERDICT_DEFAULT_MEMORY_KB", default_value_t = 256 * 1024)]
+    default_memory_kb: u64,
+    #[arg(long, env = "VERDICT_MAX_MEMORY_KB", default_value_t = 1024 * 1024)]
+    max_memory_kb: u64,
+    /// Default stdout + stderr per test, bytes.
+    #[arg(long, env = "VERDICT_DEFAULT_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
+    default_output_bytes: u64,
+    #[arg(long, env = "VERDICT_MAX_OUTPUT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_output_bytes: u64,
+    /// Default processes and threads per test.
+    #[arg(long, env = "VERDICT_DEFAULT_PROCESSES", default_value_t = 64)]
+    default_processes: u64,
+    #[arg(long, env = "VERDICT_MAX_PROCESSES", default_value_t = 256)]
+    max_processes: u64,
+}
+
+impl LimitsArgs {
+    fn policy(&self) -> Result<verdict_server::InputPolicy, BoxError> {
+        let default_limits = verdict_broker::Limits {
+            cpu_time_ms: self.default_cpu_ms,
+            wall_time_ms: self.default_wall_ms,
+            memory_kb: self.default_memory_kb,
+            output_bytes: self.default_output_bytes,
+            processes: self.default_processes,
+        };
+        let max_limits = verdict_broker::Limits {
+            cpu_time_ms: self.max_cpu_ms,
+            wall_time_ms: self.max_wall_ms,
+            memory_kb: self.max_memory_kb,
+            output_bytes: self.max_output_bytes,
+            processes: self.max_processes,
+        };
+        let pairs = [
+            ("cpu-ms", self.default_cpu_ms, self.max_cpu_ms),
+            ("wall-ms", self.default_wall_ms, self.max_wall_ms),
+            ("memory-kb", self.default_memory_kb, self.max_memory_kb),
+            (
+                "output-bytes",
+                self.default_output_bytes,
+                self.max_output_bytes,
+            ),
+            ("processes", self.default_processes, self.max_processes),
+        ];
+        for (name, default, max) in pairs {
+            if default == 0 || default > max || max > i32::MAX as u64 {
+                return Err(format!(
+                    "--default-{name} {default} must be at least 1 and at most --max-{name} {max} (at most {})",
+                    i32::MAX
+                )
+                .into());
+            }
+        }
+        Ok(verdict_server::InputPolicy {
+            default_limits,
+            max_limits,
+            ..verdict_server::InputPolicy::default()
+        })
+    }
+}
+
+/// The compile step's limits (per-language `compile_limits` add to these) and the
+/// compile cache.
+#[derive(Args, Clone)]
+struct CompileArgs {
+    #[arg(long, env = "VERDICT_COMPILE_CPU_MS", default_value_t = 15_000)]
+    compile_cpu_ms: u64,
+    #[arg(long, env = "VERDICT_COMPILE_WALL_MS", default_value_t = 30_000)]
+    compile_wall_ms: u64,
+    #[arg(long, env = "VERDICT_COMPILE_MEMORY_KB", default_value_t = 512 * 1024)]
+    compile_memory_kb: u64,
+    /// Compiler stdout + stderr kept (compileOutput shows at most 64 KiB of it).
+    #[arg(long, env = "VERDICT_COMPILE_OUTPUT_BYTES", default_value_t = 256 * 1024)]
+    compile_output_bytes: u64,
+    #[arg(long, env = "VERDICT_COMPILE_PROCESSES", default_value_t = 64)]
+    compile_processes: u64,
+    /// Directory of this machine's compile cache.
+    #[arg(
+        long,
+        env = "VERDICT_COMPILE_CACHE_DIR",
+        default_value = "/var/cache/verdict/compile"
+    )]
+    compile_cache_dir: PathBuf,
+    /// Size cap of the compile cache in MiB (least recently used entries go first); 0
+    /// disables the cache.
+    #[arg(long, env = "VERDICT_COMPILE_CACHE_MB", default_value_t = 1024)]
+    compile_cache_mb: u64,
+}
+
+impl CompileArgs {
+    fn apply(&self, config: &mut WorkerConfig) {
+        config.compile_limits = verdict_broker::Limits {
+            cpu_time_ms: self.compile_cpu_ms.max(1),
+            wall_time_ms: self.compile_wall_ms.max(1),
+            memory_kb: self.compile_memory_kb.max(1),
+            output_bytes: self.compile_output_bytes.max(1),
+            processes: self.compile_processes.max(1),
+        };
+        config.compile_cache_dir =
+            (self.compile_cache_mb > 0).then(|| self.compile_cache_dir.clone());
+        config.compile_cache_bytes = self.compile_cache_mb.saturating_mul(1024 * 1024);
+    }
+}
+
+/// API access: keys, quotas and abuse limits (server/src/{auth,limits}.rs).
+#[derive(Args, Clone)]
+struct ApiArgs {
+    /// API keys file: `name:sha256hex` per line (`printf %s KEY | sha256sum`). With no
+    /// keys the API is open, which is allowed only on a loopback address.
+    #[arg(long = "api-keys", env = "VERDICT_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
+    /// API keys inline, as `name:sha256hex,name2:sha256hex` (added to the file's).
+    #[arg(long = "api-key-digests", env = "VERDICT_API_KEYS", hide_env_values = true)]
+    api_keys: Option<String>,
+    /// Serve an open API (no keys) on a non-loopback address anyway.
+    #[arg(long, env = "VERDICT_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// Submits per minute per key (per IP when open); 0 = unlimited.
+    #[arg(long, env = "VERDICT_SUBMITS_PER_MINUTE", default_value_t = 120)]
+    submits_per_minute: u32,
+    /// Open WebSocket connections per client IP; 0 = unlimited.
+    #[arg(long, env = "VERDICT_MAX_WS_PER_IP", default_value_t = 1024)]
+    max_ws_per_ip: usize,
+    /// Concurrent operations per WebSocket connection.
+    #[arg(long, env = "VERDICT_MAX_SUBSCRIPTIONS_PER_CONNECTION", default_value_t = 100)]
+    max_subscriptions_per_connection: usize,
+    /// graphql-ws: close with 4408 when connection_init has not arrived after this, ms.
+    #[arg(long, env = "VERDICT_WS_INIT_TIMEOUT_MS", default_value_t = 3_000)]
+    ws_init_timeout_ms: u64,
+    /// graphql-ws: server keep-alive ping interval, ms.
+    #[arg(long, env = "VERDICT_WS_KEEPALIVE_MS", default_value_t = 15_000)]
+    ws_keepalive_ms: u64,
+    /// Largest request body, bytes (default: the input caps plus 1 MiB).
+    #[arg(long, env = "VERDICT_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Query depth and complexity limits.
+    #[arg(long, env = "VERDICT_MAX_QUERY_DEPTH", default_value_t = 16)]
+    max_query_depth: usize,
+    #[arg(long, env = "VERDICT_MAX_QUERY_COMPLEXITY", default_value_t = 1000)]
+    max_query_complexity: usize,
+    /// Refuse schema introspection (`__schema`, `__type`).
+    #[arg(long, env = "VERDICT_NO_INTROSPECTION")]
+    no_introspection: bool,
+}
+
+impl ApiArgs {
+    fn keys(&self, listen: SocketAddr) -> Result<verdict_server::ApiKeys, BoxError> {
+        let mut text = String::new();
+        if let Some(path) = &self.api_keys_file {
+            text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read API keys {}: {e}", path.display()))?;
+        }
+        if let Some(inline) = &self.api_keys {
+            text.push('\n');
+            text.push_str(inline);
+        }
+        let keys = verdict_server::ApiKeys::parse(&text)?;
+        if keys.is_open() && !listen.ip().is_loopback() {
+            if !self.insecure_no_auth {
+                return Err(format!(
+                    "{listen} is not a loopback address: configure API keys (--api-keys) or pass --insecure-no-auth"
+                )
+                .into());
+            }
+            tracing::warn!(%listen, "serving an open API without keys (--insecure-no-auth)");
+        }
+        tracing::info!(keys = keys.len(), "API keys loaded");
+        Ok(keys)
+    }
+
+    fn limits(&self) -> verdict_server::ApiLimits {
+        verdict_server::ApiLimits {
+            submits_per_minute: self.submits_per_minute,
+            max_ws_per_ip: self.max_ws_per_ip,
+            max_subscriptions_per_connection: self.max_subscriptions_per_connection,
+            connection_init_timeout: Duration::from_millis(self.ws_init_timeout_ms),
+            keepalive: Duration::from_millis(self.ws_keepalive_ms),
+            max_body_bytes: self.max_body_bytes,
+            max_depth: self.max_query_depth,
+            max_complexity: self.max_query_complexity,
+            introspection: !self.no_introspection,
+            ..verdict_server::ApiLimits::default()
+        }
+    }
 }
 
 #[derive(Args, Clone)]
 struct StandaloneArgs {
     #[arg(long, env = "VERDICT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Use Redis instead of the embedded broker.
     #[arg(long, env = "VERDICT_REDIS_URL")]
     redis_url: Option<String>,
     /// Jobs run at once (default: number of cores).
     #[arg(long, env = "VERDICT_CONCURRENCY")]
     concurrency: Option<usize>,
+    #[command(flatten)]
+    tuning: WorkerTuning,
+    #[command(flatten)]
+    limits: LimitsArgs,
+    #[command(flatten)]
+    compile: CompileArgs,
     #[command(flatten)]
     broker: BrokerArgs,
     #[command(flatten)]
@@ -79,8 +303,12 @@ struct StandaloneArgs {
 struct ServerArgs {
     #[arg(long, env = "VERDICT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    #[command(flatten)]
+    api: ApiArgs,
     #[arg(long, env = "VERDICT_REDIS_URL")]
     redis_url: String,
+    #[command(flatten)]
+    limits: LimitsArgs,
     #[command(flatten)]
     broker: BrokerArgs,
     #[command(flatten)]
@@ -94,6 +322,10 @@ struct WorkerArgs {
     #[arg(long, env = "VERDICT_CONCURRENCY")]
     concurrency: Option<usize>,
     #[command(flatten)]
+    tuning: WorkerTuning,
+    #[command(flatten)]
+    compile: CompileArgs,
+    #[command(flatten)]
     broker: BrokerArgs,
     #[command(flatten)]
     catalogue: CatalogueArgs,
@@ -105,6 +337,7 @@ fn settings(args: &BrokerArgs) -> BrokerSettings {
     BrokerSettings {
         ttl: Duration::from_secs(args.submission_ttl.max(1)),
         max_queue: args.max_queue,
+        visibility_timeout: Duration::from_millis(args.visibility_timeout_ms.max(100)),
     }
 }
 
@@ -163,6 +396,9 @@ async fn start_worker(
     broker: SharedBroker,
     catalogue: Arc<Catalogue>,
     concurrency: Option<usize>,
+    tuning: &WorkerTuning,
+    compile: &CompileArgs,
+    broker_args: &BrokerArgs,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, BoxError> {
     let sandbox = tokio::task::spawn_blocking(|| Sandbox::new(SandboxConfig::default())).await??;
@@ -174,6 +410,11 @@ async fn start_worker(
         config.concurrency = n.max(1);
     }
     config.consumer = format!("{}-{}", hostname(), std::process::id());
+    config.grace = Duration::from_secs(tuning.grace_secs);
+    config.max_redeliveries = tuning.max_redeliveries;
+    compile.apply(&mut config);
+    // Renew four times per visibility timeout, so one slow renewal never loses the lease.
+    config.lease_renewal = Duration::from_millis((broker_args.visibility_timeout_ms / 4).max(25));
     let worker = Worker::new(broker, Arc::new(sandbox), catalogue, config)?;
     Ok(tokio::spawn(worker.run(shutdown)))
 }
@@ -188,18 +429,23 @@ async fn start_server(
     broker: SharedBroker,
     catalogue: Arc<Catalogue>,
     listen: SocketAddr,
+    api: &ApiArgs,
+    limits: &LimitsArgs,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, BoxError> {
+    let policy = limits.policy()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr} (GraphiQL at http://{addr}/graphiql)");
-    let state = verdict_server::state(
+    let state = verdict_server::state_with(
         broker,
         catalogue,
-        verdict_server::InputPolicy::default(),
+        policy,
         shutdown,
+        api.keys(listen)?,
+        api.limits(),
     );
     Ok(tokio::spawn(verdict_server::serve(listener, state)))
 }
@@ -247,10 +493,21 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 Arc::clone(&broker),
                 Arc::clone(&catalogue),
                 args.concurrency,
+                &args.tuning,
+                &args.compile,
+                &args.broker,
                 shutdown.clone(),
             )
             .await?;
-            let server = start_server(broker, catalogue, args.listen, shutdown.clone()).await?;
+            let server = start_server(
+                broker,
+                catalogue,
+                args.listen,
+                &args.api,
+                &args.limits,
+                shutdown.clone(),
+            )
+            .await?;
             server.await??;
             shutdown.cancel();
             worker.await?;
@@ -259,7 +516,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let shutdown = shutdown_on_signal();
             let broker = broker(Some(&args.redis_url), &args.broker).await?;
             let catalogue = catalogue(&args.catalogue).await?;
-            start_server(broker, catalogue, args.listen, shutdown)
+            start_server(broker, catalogue, args.listen, &args.api, &args.limits, shutdown)
                 .await?
                 .await??;
         }
@@ -267,9 +524,17 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let shutdown = shutdown_on_signal();
             let broker = broker(Some(&args.redis_url), &args.broker).await?;
             let catalogue = catalogue(&args.catalogue).await?;
-            start_worker(broker, catalogue, args.concurrency, shutdown)
-                .await?
-                .await?;
+            start_worker(
+                broker,
+                catalogue,
+                args.concurrency,
+                &args.tuning,
+                &args.compile,
+                &args.broker,
+                shutdown,
+            )
+            .await?
+            .await?;
         }
     }
     Ok(())

@@ -15,6 +15,9 @@ pub enum BrokerError {
     /// The queue is at its configured maximum.
     #[error("the queue is full ({0} jobs waiting)")]
     QueueFull(u64),
+    /// Redis is not connected right now (reconnecting); fail fast instead of queueing.
+    #[error("redis is not connected")]
+    Unavailable,
     /// The broker is shutting down.
     #[error("broker closed")]
     Closed,

@@ -30,6 +30,8 @@ pub use watch::{watch, EventStream};
 pub struct Delivery {
     /// Backend-specific delivery id (a stream entry id on Redis).
     pub id: String,
+    /// The worker (consumer) it was delivered to.
+    pub consumer: String,
     pub job: Job,
     /// How many times this job was delivered before (0 on first delivery).
     pub redeliveries: u64,
@@ -42,6 +44,9 @@ pub struct BrokerSettings {
     pub ttl: Duration,
     /// Submits beyond this many waiting jobs are refused (0 = unbounded).
     pub max_queue: u64,
+    /// A delivered job whose lease was not renewed for this long is given to another
+    /// worker (its worker is presumed dead).
+    pub visibility_timeout: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -49,6 +54,7 @@ impl Default for BrokerSettings {
         BrokerSettings {
             ttl: Duration::from_secs(24 * 3600),
             max_queue: 10_000,
+            visibility_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -84,6 +90,17 @@ pub trait Broker: Send + Sync + 'static {
     /// Marks a delivery done so it is never redelivered.
     async fn ack(&self, delivery: &Delivery) -> Result<()>;
 
+    /// Renews the lease on a delivery that is still being worked on, so it is not
+    /// handed to another worker. Call well within the visibility timeout.
+    /// Returns false when the lease was already lost to another worker.
+    async fn renew(&self, delivery: &Delivery) -> Result<bool>;
+
+    /// Records that worker `consumer` is alive and how busy it is.
+    async fn heartbeat(&self, consumer: &str, running: u32, slots: u32) -> Result<()>;
+
+    /// Queue and worker figures for `stats` and metrics.
+    async fn stats(&self) -> Result<QueueStats>;
+
     /// Jobs waiting or in flight.
     async fn queue_len(&self) -> Result<u64>;
 
@@ -93,6 +110,29 @@ pub trait Broker: Send + Sync + 'static {
     /// Number of submissions this process watches live (metrics, tests).
     fn watched(&self) -> usize;
 }
+
+/// A worker as seen through its heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub last_heartbeat: chrono::DateTime<chrono::Utc>,
+    pub running: u32,
+    pub slots: u32,
+}
+
+/// What is in the queue right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Jobs not yet taken by any worker.
+    pub waiting: u64,
+    /// Jobs taken but not acknowledged (running, or on a dead worker until reclaimed).
+    pub pending: u64,
+    /// Workers with a heartbeat in the last 30 s.
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// Heartbeats older than this mean the worker is gone.
+pub const WORKER_STALE: Duration = Duration::from_secs(30);
 
 /// Shared handle used by the server and the worker.
 pub type SharedBroker = Arc<dyn Broker>;

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use crate::error::{BrokerError, Result};
 use crate::hub::{Hub, LiveEvents};
 use crate::types::{Event, EventKind, Job, Status, Submission};
-use crate::{Broker, BrokerSettings, Delivery};
+use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
 
 struct Record {
     submission: Submission,
@@ -23,13 +23,20 @@ struct Record {
     expires: Instant,
 }
 
+struct Lease {
+    job: Job,
+    expires: Instant,
+    deliveries: u64,
+}
+
 #[derive(Default)]
 struct State {
     records: HashMap<String, Record>,
     queue: VecDeque<(u64, Job)>,
-    in_flight: HashMap<u64, Job>,
+    in_flight: HashMap<u64, Lease>,
     next_delivery: u64,
     last_sweep: Option<Instant>,
+    workers: HashMap<String, WorkerInfo>,
 }
 
 /// In-process broker with Redis' semantics.
@@ -188,22 +195,52 @@ impl Broker for MemoryBroker {
         Ok(self.hub.join(id).await)
     }
 
-    async fn next_job(&self, _consumer: &str, wait: Duration) -> Result<Option<Delivery>> {
+    async fn next_job(&self, consumer: &str, wait: Duration) -> Result<Option<Delivery>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.jobs.notified();
             {
                 let mut state = self.state();
+                let now = Instant::now();
+                let expires = now + self.settings.visibility_timeout;
+                // A lease nobody renewed belongs to a dead worker: hand it out again.
+                let stale = state
+                    .in_flight
+                    .iter()
+                    .find(|(_, l)| l.expires <= now)
+                    .map(|(&id, _)| id);
+                if let Some(id) = stale {
+                    if let Some(lease) = state.in_flight.get_mut(&id) {
+                        lease.expires = expires;
+                        lease.deliveries += 1;
+                        let job = lease.job.clone();
+                        let redeliveries = lease.deliveries - 1;
+                        return Ok(Some(Delivery {
+                            id: id.to_string(),
+                            consumer: consumer.to_owned(),
+                            job,
+                            redeliveries,
+                        }));
+                    }
+                }
                 if let Some((id, job)) = state.queue.pop_front() {
-                    state.in_flight.insert(id, job.clone());
+                    let lease = Lease {
+                        job: job.clone(),
+                        expires,
+                        deliveries: 1,
+                    };
+                    state.in_flight.insert(id, lease);
                     return Ok(Some(Delivery {
                         id: id.to_string(),
+                        consumer: consumer.to_owned(),
                         job,
                         redeliveries: 0,
                     }));
                 }
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // Wake up at least once a second to look for expired leases.
+            let nap = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            if tokio::time::timeout_at(nap, notified).await.is_err() && nap >= deadline {
                 return Ok(None);
             }
         }
@@ -214,6 +251,44 @@ impl Broker for MemoryBroker {
             self.state().in_flight.remove(&id);
         }
         Ok(())
+    }
+
+    async fn renew(&self, delivery: &Delivery) -> Result<bool> {
+        // In one process a lease is only lost if its holder stopped renewing it.
+        let Ok(id) = delivery.id.parse::<u64>() else {
+            return Ok(false);
+        };
+        Ok(match self.state().in_flight.get_mut(&id) {
+            Some(lease) => {
+                lease.expires = Instant::now() + self.settings.visibility_timeout;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn heartbeat(&self, consumer: &str, running: u32, slots: u32) -> Result<()> {
+        let info = WorkerInfo {
+            name: consumer.to_owned(),
+            last_heartbeat: Utc::now(),
+            running,
+            slots,
+        };
+        self.state().workers.insert(consumer.to_owned(), info);
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        let mut state = self.state();
+        let cutoff = Utc::now() - chrono::Duration::from_std(WORKER_STALE).unwrap_or_default();
+        state.workers.retain(|_, w| w.last_heartbeat >= cutoff);
+        let mut workers: Vec<WorkerInfo> = state.workers.values().cloned().collect();
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(QueueStats {
+            waiting: state.queue.len() as u64,
+            pending: state.in_flight.len() as u64,
+            workers,
+        })
     }
 
     async fn queue_len(&self) -> Result<u64> {

@@ -13,6 +13,7 @@
 //! Connections per process: one command client, one subscriber client (servers and
 //! workers that watch), and for workers one dedicated client for blocking XREADGROUP.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use tokio::sync::{mpsc, OnceCell};
 use crate::error::{BrokerError, Result};
 use crate::hub::{Control, Hub, LiveEvents};
 use crate::types::{Event, EventKind, Job, Submission};
-use crate::{Broker, BrokerSettings, Delivery};
+use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
 
 const GROUP: &str = "workers";
 /// Length of the placeholder prefix `{"seq":0` that the scripts replace.
@@ -53,11 +54,15 @@ impl Names {
     fn jobs(&self) -> String {
         format!("{}:jobs", self.ns)
     }
+    fn workers(&self) -> String {
+        format!("{}:workers", self.ns)
+    }
 }
 
 const SUBMIT_LUA: &str = r#"
 local max = tonumber(ARGV[6])
-local waiting = redis.call('XLEN', KEYS[3])
+local pending = redis.call('XPENDING', KEYS[3], ARGV[7])[1]
+local waiting = redis.call('XLEN', KEYS[3]) - pending
 if max > 0 and waiting >= max then return -waiting - 1 end
 local position = waiting + 1
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'QUEUED', 'seq', 1)
@@ -68,6 +73,15 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[5])
 redis.call('PUBLISH', ARGV[3], ev)
 return position
+"#;
+
+/// Renews a lease only if this consumer still holds it (XCLAIM alone would steal it back
+/// from a worker that reclaimed it after our lease expired).
+const RENEW_LUA: &str = r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
 "#;
 
 const PUBLISH_LUA: &str = r#"
@@ -118,6 +132,9 @@ pub struct RedisBroker {
     submit_script: Script,
     publish_script: Script,
     finish_script: Script,
+    renew_script: Script,
+    /// When this process last looked for expired leases (XAUTOCLAIM), to do it ~1/s.
+    last_reclaim: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 fn builder(config: &Config) -> Builder {
@@ -162,6 +179,8 @@ impl RedisBroker {
             submit_script: Script::from_lua(SUBMIT_LUA),
             publish_script: Script::from_lua(PUBLISH_LUA),
             finish_script: Script::from_lua(FINISH_LUA),
+            renew_script: Script::from_lua(RENEW_LUA),
+            last_reclaim: std::sync::Mutex::new(None),
         });
         broker.ensure_group().await?;
         tokio::spawn(control_loop(
@@ -279,6 +298,108 @@ async fn message_loop(subscriber: SubscriberClient, hub: Arc<Hub>) {
     }
 }
 
+impl RedisBroker {
+    /// Hands out an expired lease first (its worker is presumed dead), else a new job.
+    async fn take_job(&self, consumer: &str, wait: Duration) -> Result<Option<Delivery>> {
+        if let Some(delivery) = self.reclaim(consumer).await? {
+            return Ok(Some(delivery));
+        }
+        let client = self.blocking_client().await?;
+        let jobs = self.names.jobs();
+        // Wake at least once a second so expired leases are noticed while idle.
+        let block_ms = wait.as_millis().clamp(1, 1000).to_string();
+        let args = vec![
+            "GROUP", GROUP, consumer, "COUNT", "1", "BLOCK", &block_ms, "STREAMS", &jobs, ">",
+        ];
+        let reply: Value = client
+            .custom(
+                CustomCommand::new("XREADGROUP", ClusterHash::Custom(0), true),
+                args,
+            )
+            .await?;
+        // Reply: nil, or [[stream, [[id, [field, value...]]]]] (RESP2 array form).
+        let entry = reply
+            .into_array()
+            .into_iter()
+            .next()
+            .and_then(|stream| stream.into_array().into_iter().nth(1))
+            .and_then(|entries| entries.into_array().into_iter().next());
+        let Some((id, job, _)) = entry.and_then(parse_stream_entry) else {
+            return Ok(None);
+        };
+        let job: Job = serde_json::from_str(&job)?;
+        Ok(Some(Delivery {
+            id,
+            consumer: consumer.to_owned(),
+            job,
+            redeliveries: 0,
+        }))
+    }
+
+    /// XAUTOCLAIM one entry idle for longer than the visibility timeout, at most once a
+    /// second per process unless the last look found one.
+    async fn reclaim(&self, consumer: &str) -> Result<Option<Delivery>> {
+        {
+            let mut last = self
+                .last_reclaim
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+                return Ok(None);
+            }
+            *last = Some(now);
+        }
+        let jobs = self.names.jobs();
+        let idle = self.settings.visibility_timeout.as_millis().to_string();
+        let args = vec![jobs.as_str(), GROUP, consumer, &idle, "0-0", "COUNT", "1"];
+        let reply: Value = self
+            .client
+            .custom(
+                CustomCommand::new("XAUTOCLAIM", ClusterHash::FirstKey, false),
+                args,
+            )
+            .await?;
+        // Reply: [cursor, [[id, [field, value...]], ...], [deleted ids]]
+        let entry = reply
+            .into_array()
+            .into_iter()
+            .nth(1)
+            .and_then(|e| e.into_array().into_iter().next());
+        let Some((id, job, _)) = entry.and_then(parse_stream_entry) else {
+            return Ok(None);
+        };
+        // Look again soon: more may have expired with the same worker.
+        *self
+            .last_reclaim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let detail: Value = self
+            .client
+            .custom(
+                CustomCommand::new("XPENDING", ClusterHash::FirstKey, false),
+                vec![jobs.as_str(), GROUP, &id, &id, "1"],
+            )
+            .await?;
+        // [[id, consumer, idle ms, times delivered]]
+        let delivered = detail
+            .into_array()
+            .into_iter()
+            .next()
+            .and_then(|row| row.into_array().into_iter().nth(3))
+            .and_then(|n| n.as_u64())
+            .unwrap_or(2);
+        let job: Job = serde_json::from_str(&job)?;
+        tracing::warn!(submission = %job.submission.id, delivered, "reclaimed a job from a worker that stopped renewing it");
+        Ok(Some(Delivery {
+            id,
+            consumer: consumer.to_owned(),
+            job,
+            redeliveries: delivered.saturating_sub(1),
+        }))
+    }
+}
+
 fn parse_stream_entry(value: Value) -> Option<(String, String, Option<String>)> {
     // XREADGROUP / XAUTOCLAIM entry: [id, [field, value, ...]]
     let mut entry = value.into_array().into_iter();
@@ -297,6 +418,9 @@ fn parse_stream_entry(value: Value) -> Option<(String, String, Option<String>)> 
 #[async_trait]
 impl Broker for RedisBroker {
     async fn submit(&self, job: &Job) -> Result<Event> {
+        if !self.client.is_connected() {
+            return Err(BrokerError::Unavailable);
+        }
         let id = &job.submission.id;
         let mut event = Event {
             seq: 0,
@@ -319,6 +443,7 @@ impl Broker for RedisBroker {
                     self.ttl_secs(),
                     job_json,
                     self.settings.max_queue.to_string(),
+                    GROUP.to_owned(),
                 ],
             )
             .await?;
@@ -435,45 +560,82 @@ impl Broker for RedisBroker {
     }
 
     async fn next_job(&self, consumer: &str, wait: Duration) -> Result<Option<Delivery>> {
-        let client = self.blocking_client().await?;
-        let jobs = self.names.jobs();
-        let block_ms = wait.as_millis().max(1).to_string();
-        let reply: Value = client
-            .custom(
-                CustomCommand::new("XREADGROUP", ClusterHash::Custom(0), true),
+        match self.take_job(consumer, wait).await {
+            Err(BrokerError::Redis(e)) if e.details().contains("NOGROUP") => {
+                // Redis lost the group (restart without persistence): make it again.
+                self.ensure_group().await?;
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    async fn renew(&self, delivery: &Delivery) -> Result<bool> {
+        let held: i64 = self
+            .renew_script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.names.jobs()],
                 vec![
-                    "GROUP",
-                    GROUP,
-                    consumer,
-                    "COUNT",
-                    "1",
-                    "BLOCK",
-                    block_ms.as_str(),
-                    "STREAMS",
-                    jobs.as_str(),
-                    ">",
+                    GROUP.to_owned(),
+                    delivery.consumer.clone(),
+                    delivery.id.clone(),
                 ],
             )
             .await?;
-        // Reply: nil, or [[stream, [[id, [field, value...]]]]] (RESP2 array form).
-        let Some(stream) = reply.into_array().into_iter().next() else {
-            return Ok(None);
+        Ok(held == 1)
+    }
+
+    async fn heartbeat(&self, consumer: &str, running: u32, slots: u32) -> Result<()> {
+        let info = WorkerInfo {
+            name: consumer.to_owned(),
+            last_heartbeat: Utc::now(),
+            running,
+            slots,
         };
-        let Some(entries) = stream.into_array().into_iter().nth(1) else {
-            return Ok(None);
-        };
-        let Some(entry) = entries.into_array().into_iter().next() else {
-            return Ok(None);
-        };
-        let Some((id, job, _)) = parse_stream_entry(entry) else {
-            return Ok(None);
-        };
-        let job: Job = serde_json::from_str(&job)?;
-        Ok(Some(Delivery {
-            id,
-            job,
-            redeliveries: 0,
-        }))
+        let _: i64 = self
+            .client
+            .hset(
+                self.names.workers(),
+                (consumer, serde_json::to_string(&info)?),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        let jobs = self.names.jobs();
+        let len: u64 = self.client.xlen(&jobs).await?;
+        let summary: Value = self
+            .client
+            .custom(
+                CustomCommand::new("XPENDING", ClusterHash::FirstKey, false),
+                vec![jobs.as_str(), GROUP],
+            )
+            .await?;
+        let pending = summary
+            .into_array()
+            .into_iter()
+            .next()
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let raw: HashMap<String, String> = self.client.hgetall(self.names.workers()).await?;
+        let cutoff = Utc::now() - chrono::Duration::from_std(WORKER_STALE).unwrap_or_default();
+        let mut workers = Vec::new();
+        for (name, json) in raw {
+            match serde_json::from_str::<WorkerInfo>(&json) {
+                Ok(info) if info.last_heartbeat >= cutoff => workers.push(info),
+                _ => {
+                    let _: i64 = self.client.hdel(self.names.workers(), name).await?;
+                }
+            }
+        }
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(QueueStats {
+            waiting: len.saturating_sub(pending),
+            pending,
+            workers,
+        })
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<()> {

@@ -39,7 +39,22 @@ pub enum CompareMode {
     #[default]
     TrimTrailing,
     Tokens,
+    /// Tokens equal, numbers within `Request::epsilon` (absolute or relative error).
+    Float,
 }
+
+/// The tolerance of [`CompareMode::Float`]. Compared by bits so `Request` stays `Eq`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Epsilon(pub f64);
+
+impl PartialEq for Epsilon {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Epsilon {}
 
 /// Which output stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +90,9 @@ pub struct Request {
     pub tests: Vec<TestCase>,
     pub limits: Limits,
     pub compare: CompareMode,
+    /// The tolerance when `compare` is FLOAT.
+    #[serde(default)]
+    pub epsilon: Option<Epsilon>,
     #[serde(default)]
     pub stop_on_first_failure: bool,
 }
@@ -118,6 +136,10 @@ pub struct Submission {
     /// Why the submission ended in INTERNAL_ERROR or CANCELLED, for humans.
     #[serde(default)]
     pub message: Option<String>,
+    /// True when the compile step was skipped because the worker's compile cache held
+    /// the artifact (no CompilingEvent is published then).
+    #[serde(default)]
+    pub compile_cached: bool,
 }
 
 impl Submission {
@@ -137,6 +159,7 @@ impl Submission {
             memory_kb: None,
             test_count: u32::try_from(request.tests.len()).unwrap_or(u32::MAX),
             message: None,
+            compile_cached: false,
         }
     }
 

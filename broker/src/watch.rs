@@ -38,6 +38,17 @@ impl State {
         Ok(())
     }
 
+    /// Refills from the log, retrying while the backend is unreachable: a subscription
+    /// outlives a Redis restart and resumes from its last seq.
+    async fn refill_retrying(&mut self) {
+        let mut backoff = Duration::from_millis(50);
+        while let Err(e) = self.refill().await {
+            tracing::warn!(error = %e, submission = %self.id, "cannot read the event log; retrying in {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
     async fn next(&mut self) -> Option<Result<Event>> {
         loop {
             if self.done {
@@ -50,9 +61,7 @@ impl State {
                 if event.seq > self.last + 1 {
                     // A gap: take the missing events from the log, then go on.
                     self.buffer.clear();
-                    if let Err(e) = self.refill().await {
-                        return Some(Err(e));
-                    }
+                    self.refill_retrying().await;
                     // The log must hold last+1 now; if it does not, wait for more.
                     if self.buffer.front().is_none_or(|e| e.seq > self.last + 1) {
                         self.buffer.clear();
@@ -67,11 +76,7 @@ impl State {
             }
             match tokio::time::timeout(QUIET_RECHECK, self.live.recv()).await {
                 Ok(Some(Signal::Event(event))) => self.buffer.push_back(Event::clone(&event)),
-                Ok(Some(Signal::Resync)) | Err(_) => {
-                    if let Err(e) = self.refill().await {
-                        return Some(Err(e));
-                    }
-                }
+                Ok(Some(Signal::Resync)) | Err(_) => self.refill_retrying().await,
                 Ok(None) => return Some(Err(BrokerError::Closed)),
             }
         }

@@ -94,6 +94,7 @@ fn job(source: &str) -> Job {
             processes: 8,
         },
         compare: CompareMode::TrimTrailing,
+        epsilon: None,
         stop_on_first_failure: false,
     };
     Job {

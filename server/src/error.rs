@@ -15,6 +15,15 @@ pub enum ApiError {
     /// Unknown (or expired, or not yours) submission id.
     #[error("submission {0} not found")]
     NotFound(String),
+    /// No valid API key was presented.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a quota; `retry_after` says when the next attempt can succeed.
+    #[error("rate limit exceeded; retry in {} ms", retry_after.as_millis())]
+    RateLimited { retry_after: std::time::Duration },
     /// The queue is at its maximum; retry later.
     #[error("the queue is full; try again later")]
     QueueFull,
@@ -32,9 +41,12 @@ impl ApiError {
         match self {
             ApiError::BadInput { .. } => "BAD_USER_INPUT",
             ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::QueueFull => "QUEUE_FULL",
             ApiError::Unavailable => "UNAVAILABLE",
-            ApiError::Internal => "INTERNAL_ERROR",
+            ApiError::Internal => "INTERNAL",
         }
     }
 
@@ -51,6 +63,7 @@ impl From<BrokerError> for ApiError {
         match e {
             BrokerError::NotFound(id) => ApiError::NotFound(id),
             BrokerError::QueueFull(_) => ApiError::QueueFull,
+            BrokerError::Unavailable => ApiError::Unavailable,
             BrokerError::Redis(cause) => {
                 tracing::warn!(error = %cause, "broker unavailable");
                 ApiError::Unavailable
@@ -67,8 +80,15 @@ impl ErrorExtensions for ApiError {
     fn extend(&self) -> async_graphql::Error {
         async_graphql::Error::new(self.to_string()).extend_with(|_, e| {
             e.set("code", self.code());
-            if let ApiError::BadInput { field, .. } = self {
-                e.set("field", *field);
+            match self {
+                ApiError::BadInput { field, .. } => e.set("field", *field),
+                ApiError::RateLimited { retry_after } => {
+                    // Whole seconds, like HTTP Retry-After, and milliseconds for precision.
+                    let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+                    e.set("retryAfterMs", ms);
+                    e.set("retryAfter", ms.div_ceil(1000));
+                }
+                _ => {}
             }
         })
     }

@@ -12,6 +12,7 @@ use verdict_broker::{watch, Catalogue, Event, EventKind, Job, SharedBroker, Test
 
 use async_graphql::ErrorExtensions;
 
+use crate::auth::Caller;
 use crate::error::{gql, ApiError};
 use crate::metrics::Metrics;
 use crate::validate::{InputPolicy, RawSubmit, RequestedLimits};
@@ -81,6 +82,9 @@ pub enum CompareMode {
     TrimTrailing,
     /// Whitespace-separated tokens equal.
     Tokens,
+    /// Like TOKENS, but tokens that are both finite numbers match when the absolute or
+    /// the relative error is within `SubmitInput.epsilon` (default 1e-6).
+    Float,
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
@@ -178,13 +182,20 @@ impl Submission {
     async fn compile_output(&self) -> Option<&str> {
         self.0.compile_output.as_deref()
     }
-    /// One result per test run so far (tests skipped after a failure have none).
+    /// One result per test run, in order. With `stopOnFirstFailure`, the tests after the
+    /// first failure are skipped: they have no result here (and no RunningEvent or
+    /// TestFinishedEvent), so `tests` is shorter than `testCount`.
     async fn tests(&self) -> Vec<TestResult> {
         self.0.tests.iter().cloned().map(TestResult).collect()
     }
-    /// Number of tests requested.
+    /// Number of tests requested (a plain run counts as one).
     async fn test_count(&self) -> i32 {
         clamp(u64::from(self.0.test_count))
+    }
+    /// True when the worker found the compiled program in its compile cache and skipped
+    /// compiling: the event stream then has no CompilingEvent.
+    async fn compile_cached(&self) -> bool {
+        self.0.compile_cached
     }
     /// The largest CPU time over the tests.
     async fn time_ms(&self) -> Option<i32> {
@@ -379,13 +390,32 @@ pub struct SubmitInput {
     pub limits: Option<LimitsInput>,
     #[graphql(default)]
     pub compare: CompareMode,
-    /// Skip the remaining tests after the first that is not accepted.
+    /// Tolerance of compare mode FLOAT (absolute or relative error); only with FLOAT.
+    pub epsilon: Option<f64>,
+    /// Skip the remaining tests after the first that is not accepted. A skipped test
+    /// gets no result: `Submission.tests` ends at the failing test, `testCount` still
+    /// says how many were requested.
     #[graphql(default)]
     pub stop_on_first_failure: bool,
 }
 
 fn state<'a>(ctx: &Context<'a>) -> Result<&'a Arc<ApiState>> {
     ctx.data::<Arc<ApiState>>()
+}
+
+/// Who is asking (auth.rs); anonymous when the transport set no caller.
+fn caller<'a>(ctx: &Context<'a>) -> Caller {
+    ctx.data_opt::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Anonymous { ip: None })
+}
+
+/// A submission the caller may not see is reported exactly like an unknown id.
+fn visible(
+    record: Option<verdict_broker::Submission>,
+    caller: &Caller,
+) -> Option<verdict_broker::Submission> {
+    record.filter(|r| caller.may_see(r.owner.as_deref()))
 }
 
 pub struct QueryRoot;
@@ -406,8 +436,50 @@ impl QueryRoot {
     /// A submission by id; null when unknown or expired.
     async fn submission(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Submission>> {
         let s = state(ctx)?;
-        Ok(s.broker.submission(&id).await.map_err(gql)?.map(Submission))
+        let record = s.broker.submission(&id).await.map_err(gql)?;
+        Ok(visible(record, &caller(ctx)).map(Submission))
     }
+
+    /// The queue and the workers right now.
+    async fn stats(&self, ctx: &Context<'_>) -> Result<Stats> {
+        let stats = state(ctx)?.broker.stats().await.map_err(gql)?;
+        Ok(Stats {
+            waiting: clamp(stats.waiting),
+            pending: clamp(stats.pending),
+            workers: stats
+                .workers
+                .into_iter()
+                .map(|w| WorkerStatus {
+                    name: w.name,
+                    last_heartbeat: w.last_heartbeat,
+                    running: clamp(u64::from(w.running)),
+                    slots: clamp(u64::from(w.slots)),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// What the queue holds and who works on it.
+#[derive(SimpleObject)]
+pub struct Stats {
+    /// Jobs no worker has taken yet.
+    pub waiting: i32,
+    /// Jobs taken but not finished (running, or held by a dead worker until reclaimed).
+    pub pending: i32,
+    /// Workers with a heartbeat in the last 30 seconds.
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// A live worker process.
+#[derive(SimpleObject)]
+pub struct WorkerStatus {
+    pub name: String,
+    pub last_heartbeat: DateTime<Utc>,
+    /// Jobs it runs right now.
+    pub running: i32,
+    /// Jobs it can run at once.
+    pub slots: i32,
 }
 
 pub struct MutationRoot;
@@ -439,11 +511,14 @@ impl MutationRoot {
                 processes: limits.processes,
             },
             compare: input.compare.into(),
+            epsilon: input.epsilon,
             stop_on_first_failure: input.stop_on_first_failure,
         };
         let request = s.policy.check(&s.catalogue, raw).map_err(|e| e.extend())?;
-        let id = uuid::Uuid::now_v7().to_string();
-        let submission = verdict_broker::Submission::queued(id, None, &request);
+        // Random (v4) ids: an id reveals nothing and cannot be guessed from another.
+        let id = uuid::Uuid::new_v4().to_string();
+        let owner = caller(ctx).owner().map(str::to_owned);
+        let submission = verdict_broker::Submission::queued(id, owner, &request);
         let job = Job {
             submission,
             request,
@@ -456,7 +531,9 @@ impl MutationRoot {
     /// Cancels a submission that has not finished; a finished one is returned unchanged.
     async fn cancel(&self, ctx: &Context<'_>, id: ID) -> Result<Submission> {
         let s = state(ctx)?;
-        let Some(mut record) = s.broker.submission(&id).await.map_err(gql)? else {
+        let who = caller(ctx);
+        let record = s.broker.submission(&id).await.map_err(gql)?;
+        let Some(mut record) = visible(record, &who) else {
             return Err(ApiError::NotFound(id.0).extend());
         };
         if record.status != verdict_broker::Status::Finished {
@@ -483,6 +560,15 @@ impl SubscriptionRoot {
     ) -> Result<impl Stream<Item = Result<SubmissionEvent>>> {
         let s = state(ctx)?;
         let after = u64::try_from(after_seq.unwrap_or(0).max(0)).unwrap_or(0);
+        // With API keys, only the owner may watch; others get the unknown-id error.
+        // (On an open API nothing has an owner, so the extra read is skipped.)
+        let who = caller(ctx);
+        if who.owner().is_some() {
+            let record = s.broker.submission(&id).await.map_err(gql)?;
+            if visible(record, &who).is_none() {
+                return Err(ApiError::NotFound(id.0).extend());
+            }
+        }
         let events = watch(Arc::clone(&s.broker), &id, after)
             .await
             .map_err(gql)?;

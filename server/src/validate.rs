@@ -1,7 +1,7 @@
 //! Turns a client's SubmitInput into a trusted Request: defaults filled, maxima enforced,
 //! every rejection naming the field and the allowed range.
 
-use verdict_broker::{Catalogue, CompareMode, Limits, Request, TestCase};
+use verdict_broker::{Catalogue, CompareMode, Epsilon, Limits, Request, TestCase};
 
 use crate::error::ApiError;
 
@@ -12,8 +12,13 @@ pub struct InputPolicy {
     pub max_limits: Limits,
     pub max_source_bytes: usize,
     pub max_stdin_bytes: usize,
+    /// All expected outputs together.
+    pub max_expected_bytes: usize,
     pub max_tests: usize,
 }
+
+/// The tolerance of compare mode FLOAT when the client gives none.
+pub const DEFAULT_EPSILON: f64 = 1e-6;
 
 impl Default for InputPolicy {
     fn default() -> Self {
@@ -34,6 +39,7 @@ impl Default for InputPolicy {
             },
             max_source_bytes: 256 * 1024,
             max_stdin_bytes: 8 * 1024 * 1024,
+            max_expected_bytes: 64 * 1024 * 1024,
             max_tests: 100,
         }
     }
@@ -58,6 +64,7 @@ pub struct RawSubmit {
     pub tests: Option<Vec<TestCase>>,
     pub limits: RequestedLimits,
     pub compare: CompareMode,
+    pub epsilon: Option<f64>,
     pub stop_on_first_failure: bool,
 }
 
@@ -146,15 +153,34 @@ impl InputPolicy {
             .filter_map(|t| t.expected_output.as_ref())
             .map(String::len)
             .sum();
-        if expected_total > self.max_stdin_bytes {
+        if expected_total > self.max_expected_bytes {
             return Err(ApiError::bad(
                 "expectedOutput",
                 format!(
                     "expected outputs total {expected_total} bytes; the maximum is {} bytes",
-                    self.max_stdin_bytes
+                    self.max_expected_bytes
                 ),
             ));
         }
+        let epsilon = match (raw.compare, raw.epsilon) {
+            (CompareMode::Float, None) => Some(Epsilon(DEFAULT_EPSILON)),
+            (CompareMode::Float, Some(e)) if e.is_finite() && (0.0..1.0).contains(&e) => {
+                Some(Epsilon(e))
+            }
+            (CompareMode::Float, Some(e)) => {
+                return Err(ApiError::bad(
+                    "epsilon",
+                    format!("epsilon is {e}; it must be at least 0 and below 1"),
+                ));
+            }
+            (_, None) => None,
+            (_, Some(_)) => {
+                return Err(ApiError::bad(
+                    "epsilon",
+                    "epsilon applies only to compare mode FLOAT",
+                ));
+            }
+        };
         let (d, m, r) = (&self.default_limits, &self.max_limits, &raw.limits);
         let limits = Limits {
             cpu_time_ms: limit("cpuTimeMs", r.cpu_time_ms, d.cpu_time_ms, m.cpu_time_ms)?,
@@ -174,6 +200,7 @@ impl InputPolicy {
             tests,
             limits,
             compare: raw.compare,
+            epsilon,
             stop_on_first_failure: raw.stop_on_first_failure,
         })
     }

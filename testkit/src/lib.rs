@@ -213,7 +213,7 @@ pub async fn submit(base: &str, input: Value) -> String {
 
 /// The selection used by subscription tests.
 pub const EVENTS: &str = r#"subscription($id: ID!, $after: Int) { submissionEvents(id: $id, afterSeq: $after) {
-  __typename seq submissionId
+  __typename seq submissionId at
   ... on QueuedEvent { position }
   ... on RunningEvent { test tests }
   ... on OutputEvent { test stream chunk }

@@ -12,6 +12,7 @@ use verdict_broker::{
 };
 use verdict_sandbox::{Outcome, RunDir, RunSpec, Sandbox, StreamKind};
 
+use crate::cache::{self, Artifact, CompileCache};
 use crate::error::WorkerError;
 use crate::judge;
 use crate::Worker;
@@ -170,7 +171,38 @@ impl Worker {
         let dir = Arc::new(tokio::task::spawn_blocking(move || sandbox.run_dir(slot)).await??);
         dir.write_file(&lang.source, request.source.as_bytes())?;
 
-        if let Some(compile) = &lang.compile {
+        let cache = self
+            .config
+            .compile_cache_dir
+            .clone()
+            .filter(|_| self.config.compile_cache_bytes > 0)
+            .map(|d| CompileCache::new(d, self.config.compile_cache_bytes));
+        let cache_key = cache
+            .as_ref()
+            .filter(|_| lang.compiled())
+            .map(|_| cache::key(lang, &request.source));
+        let cached = match (&cache, &cache_key) {
+            (Some(cache), Some(key)) => {
+                let (cache, key) = (cache.clone(), key.clone());
+                match tokio::task::spawn_blocking(move || cache.get(&key)).await? {
+                    Ok(hit) => hit,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "compile cache unreadable; compiling");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(artifact) = cached {
+            // A cache hit: no compile step and no CompilingEvent; the record says so.
+            for f in &artifact.files {
+                let mode = if f.executable { 0o700 } else { 0o600 };
+                dir.write_file_mode(&f.name, &f.bytes, mode)?;
+            }
+            submission.compile_cached = true;
+            submission.compile_output = artifact.compile_output;
+        } else if let Some(compile) = &lang.compile {
             self.broker.publish(id, EventKind::Compiling).await?;
             let limits = boosted(&self.config.compile_limits, &lang.compile_limits);
             let outcome = self
@@ -211,6 +243,26 @@ impl Worker {
                 return Ok(submission);
             }
             submission.compile_output = (!text.is_empty()).then_some(text);
+            if let (Some(cache), Some(key)) = (cache, cache_key) {
+                let run_dir = dir.path().to_path_buf();
+                let source = lang.source.clone();
+                let compile_output = submission.compile_output.clone();
+                let stored =
+                    tokio::task::spawn_blocking(move || match cache::collect(&run_dir, &source)? {
+                        Some(files) => cache.put(
+                            &key,
+                            &Artifact {
+                                compile_output,
+                                ..files
+                            },
+                        ),
+                        None => Ok(()),
+                    })
+                    .await?;
+                if let Err(e) = stored {
+                    tracing::warn!(error = %e, "cannot store the compiled program in the cache");
+                }
+            }
         }
 
         let plain = [TestCase {
@@ -224,6 +276,10 @@ impl Worker {
         };
         let total = u32::try_from(tests.len()).unwrap_or(u32::MAX);
         let limits = boosted(&request.limits, &lang.run_limits);
+        let compare = judge::Compare {
+            mode: request.compare,
+            epsilon: request.epsilon.map_or(0.0, |e| e.0),
+        };
         let mut overall = Verdict::Accepted;
         for (k, test) in tests.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
@@ -260,8 +316,8 @@ impl Worker {
             // The sender is gone once the sandbox returned: the forwarder drains and ends.
             let _ = forwarder.await;
             let outcome = outcome?;
-            let verdict =
-                judge::verdict(&outcome, test.expected_output.as_deref(), request.compare);
+            let verdict = judge::verdict(&outcome, test.expected_output.as_deref(), compare);
+            let truncated = outcome.stdout_truncated || outcome.stderr_truncated;
             let result = TestResult {
                 index,
                 verdict,
@@ -270,9 +326,9 @@ impl Worker {
                 memory_kb: outcome.memory_kb,
                 exit_code: outcome.exit_code,
                 signal: outcome.signal,
-                stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&outcome.stderr).into_owned(),
-                truncated: outcome.stdout_truncated || outcome.stderr_truncated,
+                stdout: into_text(outcome.stdout),
+                stderr: into_text(outcome.stderr),
+                truncated,
             };
             self.broker
                 .publish(
@@ -295,8 +351,20 @@ impl Worker {
     }
 }
 
-/// Publishes live output as OutputEvents, coalescing whatever arrived since the last
-/// publish so a chatty program makes few events.
+/// Output as text, moving the bytes when they are valid UTF-8 (no second copy of a big
+/// output), replacing invalid sequences otherwise.
+fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Live output is published at most once per this interval...
+const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+/// ...unless this much is waiting (so one event stays small).
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Publishes live output as OutputEvents in batches: a chunk after a quiet spell goes out
+/// at once, then at most one event per stream every 50 ms (or per 64 KiB), so a flood
+/// makes few events. The sandbox stops delivering output at the output cap.
 async fn forward_output(
     broker: verdict_broker::SharedBroker,
     id: String,
@@ -304,10 +372,24 @@ async fn forward_output(
     mut rx: mpsc::UnboundedReceiver<(StreamKind, Vec<u8>)>,
 ) {
     let mut carry = [Utf8Carry::default(), Utf8Carry::default()];
+    let now = tokio::time::Instant::now();
+    let mut last = now.checked_sub(BATCH_INTERVAL).unwrap_or(now);
     while let Some(first) = rx.recv().await {
+        let mut size = first.1.len();
         let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
+        let deadline = last + BATCH_INTERVAL;
+        while size < BATCH_BYTES {
+            tokio::select! {
+                biased;
+                more = rx.recv() => match more {
+                    Some(more) => {
+                        size += more.1.len();
+                        batch.push(more);
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
         }
         let mut text = [String::new(), String::new()];
         for (stream, bytes) in batch {
@@ -337,6 +419,7 @@ async fn forward_output(
                 tracing::warn!(error = %e, submission = %id, "dropping live output chunk");
             }
         }
+        last = tokio::time::Instant::now();
     }
 }
 

@@ -3,8 +3,23 @@
 use verdict_broker::{CompareMode, Verdict};
 use verdict_sandbox::{LimitHit, Outcome};
 
+/// How one test's output is compared: the mode and, for FLOAT, the tolerance.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Compare {
+    pub mode: CompareMode,
+    /// Absolute or relative error allowed between numbers (FLOAT only).
+    pub epsilon: f64,
+}
+
+impl From<CompareMode> for Compare {
+    fn from(mode: CompareMode) -> Self {
+        Compare { mode, epsilon: 0.0 }
+    }
+}
+
 /// The verdict of one run, in the design's order of precedence.
-pub fn verdict(outcome: &Outcome, expected: Option<&str>, mode: CompareMode) -> Verdict {
+pub fn verdict(outcome: &Outcome, expected: Option<&str>, compare: impl Into<Compare>) -> Verdict {
+    let compare = compare.into();
     match outcome.limit {
         Some(LimitHit::CpuTime | LimitHit::WallTime) => return Verdict::TimeLimitExceeded,
         Some(LimitHit::Memory) => return Verdict::MemoryLimitExceeded,
@@ -16,20 +31,64 @@ pub fn verdict(outcome: &Outcome, expected: Option<&str>, mode: CompareMode) -> 
         return Verdict::RuntimeError;
     }
     match expected {
-        Some(expected) if !same_output(&outcome.stdout, expected.as_bytes(), mode) => {
+        Some(expected) if !same_output(&outcome.stdout, expected.as_bytes(), compare) => {
             Verdict::WrongAnswer
         }
         _ => Verdict::Accepted,
     }
 }
 
-/// Compares without copying either side: each mode walks both buffers once.
-pub fn same_output(actual: &[u8], expected: &[u8], mode: CompareMode) -> bool {
-    match mode {
+/// Compares without copying either side: each mode walks both buffers once, in step,
+/// and stops at the first difference (a 64 MB output is never held twice).
+pub fn same_output(actual: &[u8], expected: &[u8], compare: impl Into<Compare>) -> bool {
+    let compare = compare.into();
+    match compare.mode {
         CompareMode::Exact => actual == expected,
         CompareMode::TrimTrailing => lines(actual).eq(lines(expected)),
         CompareMode::Tokens => tokens(actual).eq(tokens(expected)),
+        CompareMode::Float => {
+            let mut a = tokens(actual);
+            let mut e = tokens(expected);
+            loop {
+                match (a.next(), e.next()) {
+                    (None, None) => return true,
+                    (Some(x), Some(y)) if close(x, y, compare.epsilon) => {}
+                    _ => return false,
+                }
+            }
+        }
     }
+}
+
+/// Equal tokens, or two finite numbers whose absolute error or whose error relative to
+/// the expected value is at most `epsilon` (what judges call "1e-6 absolute or relative").
+fn close(actual: &[u8], expected: &[u8], epsilon: f64) -> bool {
+    if actual == expected {
+        return true;
+    }
+    let (Some(x), Some(y)) = (number(actual), number(expected)) else {
+        return false;
+    };
+    let error = (x - y).abs();
+    let tolerance = epsilon.max(epsilon * y.abs());
+    // A hair of slack so that 1.000001 vs 1 passes at 1e-6 despite binary rounding.
+    error <= tolerance * (1.0 + 1e-9)
+}
+
+/// A finite decimal number (digits, sign, point, exponent); "nan", "inf" and hex are not.
+fn number(token: &[u8]) -> Option<f64> {
+    if token.len() > 64
+        || !token
+            .iter()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E'))
+    {
+        return None;
+    }
+    std::str::from_utf8(token)
+        .ok()?
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
 }
 
 /// Lines with `\r\n` as `\n`, trailing whitespace removed, trailing blank lines dropped.
@@ -88,6 +147,43 @@ mod tests {
     fn tokens_ignore_all_whitespace_layout() {
         assert!(same_output(b"1\n2   3\t\n", b"1 2 3", CompareMode::Tokens));
         assert!(!same_output(b"1 23", b"1 2 3", CompareMode::Tokens));
+    }
+
+    #[test]
+    fn float_allows_absolute_or_relative_error() {
+        let f = |epsilon| Compare {
+            mode: CompareMode::Float,
+            epsilon,
+        };
+        assert!(same_output(b"1.000001 2\n", b"1 2", f(1e-6)));
+        assert!(!same_output(b"1.00001 2\n", b"1 2", f(1e-6)));
+        // Relative: 1e9 vs 1e9+100 is within 1e-6 relative error.
+        assert!(same_output(b"1000000100", b"1e9", f(1e-6)));
+        assert!(!same_output(b"1000010000", b"1e9", f(1e-6)));
+        assert!(same_output(b"-0.0", b"0", f(0.0)));
+        assert!(same_output(b"abc 3.14", b"abc 3.1400001", f(1e-6)));
+        assert!(!same_output(b"abd 3.14", b"abc 3.14", f(1e-6)));
+        assert!(!same_output(b"nan", b"nan1", f(1e-6)));
+        assert!(same_output(b"nan", b"nan", f(1e-6)), "equal tokens match");
+        assert!(!same_output(b"1 2", b"1 2 3", f(1e-6)));
+        assert!(!same_output(b"inf", b"1e308", f(1.0 - 1e-9)));
+    }
+
+    #[test]
+    fn trim_trailing_edge_cases() {
+        let t = CompareMode::TrimTrailing;
+        assert!(same_output(b"a\r\nb\r\n", b"a\nb", t));
+        assert!(
+            same_output(b"a\nb", b"a\nb\n\n\n", t),
+            "no trailing newline"
+        );
+        assert!(same_output(b"", b"", t));
+        assert!(same_output(b"\n\n", b"", t), "empty expected output");
+        assert!(!same_output(b"a", b"", t));
+        assert!(
+            !same_output(b"a\n\nb", b"a\nb", t),
+            "inner blank lines count"
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The worker: takes jobs from the broker, judges them in the sandbox and publishes every
 //! step. Many jobs run at once, one per sandbox slot.
 
+mod cache;
 mod error;
 mod job;
 pub mod judge;
 mod slots;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +34,15 @@ pub struct WorkerConfig {
     pub slot_dir: PathBuf,
     /// On shutdown, how long running jobs may take to finish.
     pub grace: Duration,
+    /// Where compiled artifacts are cached on this machine; `None` disables the cache.
+    pub compile_cache_dir: Option<PathBuf>,
+    /// The cache's size cap in bytes; least recently used entries are evicted beyond it.
+    pub compile_cache_bytes: u64,
+    /// A job delivered this many times before (each time its worker died) is finished
+    /// as INTERNAL_ERROR instead of being run again.
+    pub max_redeliveries: u64,
+    /// How often a running job's lease is renewed (well within the visibility timeout).
+    pub lease_renewal: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -48,6 +59,10 @@ impl Default for WorkerConfig {
             },
             slot_dir: PathBuf::from("/tmp/verdict-slots"),
             grace: Duration::from_secs(30),
+            compile_cache_dir: Some(PathBuf::from(cache::DEFAULT_DIR)),
+            compile_cache_bytes: 1024 * 1024 * 1024,
+            max_redeliveries: 3,
+            lease_renewal: Duration::from_secs(2),
         }
     }
 }
@@ -59,6 +74,13 @@ pub struct Worker {
     catalogue: Arc<Catalogue>,
     config: WorkerConfig,
     slots: Arc<Slots>,
+    /// Fired when the grace period is over: running jobs are abandoned unacknowledged.
+    hard_stop: CancellationToken,
+    running: AtomicU32,
+    /// Test-only fault switch (`VERDICT_TEST_CRASH_MARKER`): a job whose source contains
+    /// the marker aborts the worker process, to test poison-job handling. Unset in
+    /// production, where it changes nothing.
+    crash_marker: Option<String>,
 }
 
 impl Worker {
@@ -70,12 +92,18 @@ impl Worker {
         config: WorkerConfig,
     ) -> Result<Arc<Self>, std::io::Error> {
         let slots = Slots::claim(&config.slot_dir, config.concurrency)?;
+        let crash_marker = std::env::var("VERDICT_TEST_CRASH_MARKER")
+            .ok()
+            .filter(|m| !m.is_empty());
         Ok(Arc::new(Worker {
             broker,
             sandbox,
             catalogue,
             config,
             slots,
+            hard_stop: CancellationToken::new(),
+            running: AtomicU32::new(0),
+            crash_marker,
         }))
     }
 
@@ -84,6 +112,7 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let tracker = TaskTracker::new();
+        let heartbeat = tokio::spawn(Arc::clone(&self).heartbeats());
         let mut backoff = Duration::from_millis(50);
         loop {
             let permit = tokio::select! {
@@ -122,6 +151,42 @@ impl Worker {
             tracing::warn!(
                 "grace period over; unfinished jobs stay unacknowledged and will be redelivered"
             );
+            self.hard_stop.cancel();
+            tracker.wait().await;
+        }
+        heartbeat.abort();
+    }
+
+    /// Tells the broker this worker is alive and how busy it is, every few seconds.
+    async fn heartbeats(self: Arc<Self>) {
+        let slots = u32::try_from(self.config.concurrency).unwrap_or(u32::MAX);
+        loop {
+            let running = self.running.load(Ordering::Relaxed);
+            if let Err(e) = self
+                .broker
+                .heartbeat(&self.config.consumer, running, slots)
+                .await
+            {
+                tracing::debug!(error = %e, "heartbeat failed");
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
+
+    /// Renews the delivery's lease until dropped.
+    async fn keep_lease(&self, delivery: &Delivery) {
+        loop {
+            tokio::time::sleep(self.config.lease_renewal).await;
+            match self.broker.renew(delivery).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another worker took it over; the first final write wins, so
+                    // running on is harmless. Stop renewing, keep running.
+                    tracing::warn!(submission = %delivery.job.submission.id, "lease lost to another worker");
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+            }
         }
     }
 
@@ -129,25 +194,66 @@ impl Worker {
     /// cause logged. Never leaves the submission hanging. Public so tests can drive one
     /// job at a time.
     pub async fn handle(&self, delivery: Delivery) {
+        let id = delivery.job.submission.id.clone();
+        if delivery.redeliveries >= self.config.max_redeliveries {
+            let message = format!(
+                "internal error: this job was started {} times and its worker died each time; it is not retried",
+                delivery.redeliveries + 1
+            );
+            tracing::error!(submission = %id, "{message}");
+            self.give_up(&delivery, message).await;
+            return;
+        }
+        if self
+            .crash_marker
+            .as_ref()
+            .is_some_and(|m| delivery.job.request.source.contains(m.as_str()))
+        {
+            tracing::error!(submission = %id, "test fault switch: aborting the worker");
+            std::process::abort();
+        }
         let Some(slot) = self.slots.take() else {
             tracing::error!("no free sandbox slot although a permit was held");
             return;
         };
-        let id = delivery.job.submission.id.clone();
-        let result = self.process(&delivery.job, slot).await;
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::select! {
+            result = self.process(&delivery.job, slot) => Some(result),
+            _ = self.keep_lease(&delivery) => None,
+            _ = self.hard_stop.cancelled() => None,
+        };
+        self.running.fetch_sub(1, Ordering::Relaxed);
         self.slots.put(slot);
+        let Some(result) = result else {
+            // Shutting down past the grace period: no ack, so another worker runs it.
+            tracing::warn!(submission = %id, "abandoned at shutdown; it will be redelivered");
+            return;
+        };
         if let Err(e) = result {
             tracing::error!(submission = %id, error = %e, "internal error while judging");
-            let mut submission = delivery.job.submission.clone();
-            submission.message =
-                Some("internal error: the judge failed; the cause is logged".into());
-            submission.finish(Verdict::InternalError);
-            if let Err(e) = self.broker.finish(&submission).await {
-                tracing::error!(submission = %id, error = %e, "cannot store the internal-error outcome");
-                return; // not acked: it will be redelivered
-            }
+            self.give_up(
+                &delivery,
+                "internal error: the judge failed; the cause is logged".into(),
+            )
+            .await;
+            return;
         }
         if let Err(e) = self.broker.ack(&delivery).await {
+            tracing::warn!(submission = %id, error = %e, "ack failed; the job may run again");
+        }
+    }
+
+    /// Finishes a submission as INTERNAL_ERROR and acknowledges its job.
+    async fn give_up(&self, delivery: &Delivery, message: String) {
+        let id = &delivery.job.submission.id;
+        let mut submission = delivery.job.submission.clone();
+        submission.message = Some(message);
+        submission.finish(Verdict::InternalError);
+        if let Err(e) = self.broker.finish(&submission).await {
+            tracing::error!(submission = %id, error = %e, "cannot store the internal-error outcome");
+            return; // not acked: it will be redelivered
+        }
+        if let Err(e) = self.broker.ack(delivery).await {
             tracing::warn!(submission = %id, error = %e, "ack failed; the job may run again");
         }
     }
