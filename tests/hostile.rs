@@ -1,0 +1,278 @@
+//! Hostile programs through the real service (`verdict standalone`: server, worker and
+//! sandbox in one process, as in production). Each test checks the attack is contained
+//! AND that a normal submission still runs, in normal time, afterwards.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use verdict_testkit::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_verdict"))
+}
+
+/// Runs `source` and returns the final submission.
+async fn run(server: &Server, language: &str, source: &str, limits: Value) -> Value {
+    let id = submit(
+        &server.http(),
+        json!({ "language": language, "source": source, "limits": limits }),
+    )
+    .await;
+    let mut ws = WsClient::connect(&server.ws("/graphql")).await;
+    let events = ws.events(&id, None).await;
+    events.last().unwrap()["submission"].clone()
+}
+
+/// The service still works, quickly, after the attack.
+async fn still_healthy(server: &Server) {
+    let start = Instant::now();
+    let s = run(server, "python3", "print('still here')", json!({})).await;
+    assert_eq!(s["verdict"], "ACCEPTED", "{s}");
+    assert_eq!(s["tests"][0]["stdout"], "still here\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "normal run took {:?}",
+        start.elapsed()
+    );
+}
+
+fn stdout(s: &Value) -> &str {
+    s["tests"][0]["stdout"].as_str().unwrap_or_default()
+}
+
+/// Python that tries each action and prints `blocked` or `OPEN: <what>`.
+fn probe(actions: &[&str]) -> String {
+    let mut src = String::from("import os, socket\n");
+    for action in actions {
+        src.push_str(&format!(
+            "try:\n    {action}\n    print('OPEN:', {action:?})\nexcept Exception as e:\n    print('blocked')\n"
+        ));
+    }
+    src
+}
+
+async fn all_blocked(actions: &[&str]) {
+    let server = standalone(bin(), None);
+    let s = run(&server, "python3", &probe(actions), json!({})).await;
+    assert_eq!(stdout(&s), "blocked\n".repeat(actions.len()), "{s}");
+    still_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn tcp_to_redis_and_to_the_server_is_blocked() {
+    let redis_port = redis_url().rsplit(':').next().unwrap().to_owned();
+    let server = standalone(bin(), None);
+    let a = format!("socket.create_connection(('127.0.0.1', {redis_port}), timeout=2)");
+    let b = format!(
+        "socket.create_connection(('127.0.0.1', {}), timeout=2)",
+        server.port
+    );
+    let s = run(&server, "python3", &probe(&[&a, &b]), json!({})).await;
+    assert_eq!(stdout(&s), "blocked\nblocked\n", "{s}");
+    still_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn udp_and_unix_sockets_are_blocked() {
+    all_blocked(&[
+        "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 53))",
+        "socket.socket(socket.AF_INET6, socket.SOCK_STREAM)",
+        "socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect('/var/run/redis/redis-server.sock')",
+        "socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect('\\0abstract')",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn secrets_of_the_host_and_the_worker_are_unreadable() {
+    all_blocked(&[
+        "open('/etc/shadow').read()",
+        "os.listdir('/root')",
+        "open('/proc/1/environ').read()",
+        "open('/proc/%d/environ' % os.getppid()).read()",
+        "open('/work/main/Cargo.toml').read()",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn writes_outside_the_run_directory_fail() {
+    all_blocked(&[
+        "open('/tmp/verdict-hostile', 'w').write('x')",
+        "open('/var/tmp/verdict-hostile', 'w').write('x')",
+        "open('/dev/shm/verdict-hostile', 'w').write('x')",
+        "open('/work/main/verdict-hostile', 'w').write('x')",
+        "os.chmod('/tmp', 0o777)",
+        "os.chown('/tmp', 0, 0)",
+    ])
+    .await;
+    assert!(!Path::new("/tmp/verdict-hostile").exists());
+}
+
+#[tokio::test]
+async fn signals_and_ptrace_cannot_reach_the_worker() {
+    let server = standalone(bin(), None);
+    let c = r#"#include <signal.h>
+#include <stdio.h>
+#include <sys/ptrace.h>
+#include <unistd.h>
+int main(void) {
+    pid_t parent = getppid();
+    printf("%d %d %ld\n", kill(parent, SIGKILL), kill(1, SIGKILL), ptrace(PTRACE_ATTACH, parent, 0, 0));
+    fflush(stdout);
+    kill(-1, SIGKILL); /* kills only what the sandbox may signal: itself */
+    return 0;
+}"#;
+    let s = run(&server, "c", c, json!({})).await;
+    assert_eq!(stdout(&s), "-1 -1 -1\n", "{s}");
+    still_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn fork_bombs_in_c_and_bash_are_contained() {
+    let server = standalone(bin(), None);
+    let c = "#include <unistd.h>\nint main(void){ for(;;) fork(); }";
+    let s = run(&server, "c", c, json!({ "wallTimeMs": 2000 })).await;
+    assert_ne!(s["verdict"], "ACCEPTED", "{s}");
+    let s = run(
+        &server,
+        "bash",
+        ":(){ :|:& };:",
+        json!({ "wallTimeMs": 2000 }),
+    )
+    .await;
+    assert_ne!(s["verdict"], "INTERNAL_ERROR", "{s}");
+    still_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn a_thread_bomb_is_contained() {
+    let server = standalone(bin(), None);
+    let src = "import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(60,)).start()\n";
+    let s = run(&server, "python3", src, json!({ "wallTimeMs": 2000 })).await;
+    // Thread creation fails at the process limit; the live threads then hold the
+    // program until the wall limit.
+    let stderr = s["tests"][0]["stderr"].as_str().unwrap_or_default();
+    assert!(stderr.contains("can't start new thread"), "{s}");
+    assert!(
+        s["verdict"] == "RUNTIME_ERROR" || s["verdict"] == "TIME_LIMIT_EXCEEDED",
+        "{s}"
+    );
+    still_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_memory_limit_exceeded() {
+    let server = standalone(bin(), None);
+    let src = "x = []\nwhile True:\n    x.append(bytearray(16 << 20))\n";
+    let s = run(&server, "python3", src, json!({ "memoryKb": 131072 })).await;
+    assert_eq!(s["verdict"], "MEMORY_LIMIT_EXCEEDED", "{s}");
+    still_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn an_output_flood_is_cut_fast() {
+    let server = standalone(bin(), None);
+    let start = Instant::now();
+    let s = run(
+        &server,
+        "c",
+        "#include <stdio.h>\nint main(void){ for(;;) puts(\"flood\"); }",
+        json!({ "outputBytes": 65536 }),
+    )
+    .await;
+    assert_eq!(s["verdict"], "OUTPUT_LIMIT_EXCEEDED", "{s}");
+    assert_eq!(s["tests"][0]["truncated"], true);
+    assert!(stdout(&s).len() <= 65536);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "killed at once, not at the time limit: {:?}",
+        start.elapsed()
+    );
+    still_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn a_two_gigabyte_file_is_capped() {
+    let server = standalone(bin(), None);
+    let src = "f = open('big', 'wb')\nchunk = b'x' * (1 << 20)\nfor _ in range(2048):\n    f.write(chunk)\n";
+    let s = run(&server, "python3", src, json!({ "wallTimeMs": 10000 })).await;
+    assert_ne!(
+        s["verdict"], "ACCEPTED",
+        "the file size limit stops it: {s}"
+    );
+    still_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn a_setsid_daemon_does_not_outlive_its_run() {
+    let server = standalone(bin(), None);
+    let marker = format!("verdict-daemon-{}", std::process::id());
+    let src = format!(
+        "setsid bash -c 'exec -a {marker} sleep 60' </dev/null >/dev/null 2>&1 &\necho started"
+    );
+    let s = run(&server, "bash", &src, json!({})).await;
+    assert_eq!(stdout(&s), "started\n", "{s}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let found = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        found.stdout.is_empty(),
+        "daemon survived: pids {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+    still_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn a_symlink_to_etc_in_the_run_directory_is_not_followed_on_cleanup() {
+    let server = standalone(bin(), None);
+    let src = "import os\nos.symlink('/etc', 'etc')\nos.symlink('/etc/hostname', 'hostname')\nprint('planted')";
+    let s = run(&server, "python3", src, json!({})).await;
+    assert_eq!(stdout(&s), "planted\n", "{s}");
+    assert!(Path::new("/etc/hostname").exists() && Path::new("/etc/passwd").exists());
+    still_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn closing_stdio_and_sleeping_past_the_wall_limit_are_handled() {
+    let server = standalone(bin(), None);
+    let s = run(
+        &server,
+        "bash",
+        "exec 0<&- 1>&- 2>&-\nsleep 0.2\nexit 0",
+        json!({}),
+    )
+    .await;
+    assert_eq!(s["verdict"], "ACCEPTED", "{s}");
+    let start = Instant::now();
+    let s = run(&server, "bash", "sleep 30", json!({ "wallTimeMs": 1000 })).await;
+    assert_eq!(s["verdict"], "TIME_LIMIT_EXCEEDED", "{s}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    still_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn namespaces_mounts_and_own_seccomp_filters_are_contained() {
+    let server = standalone(bin(), None);
+    let c = r#"#define _GNU_SOURCE
+#include <sched.h>
+#include <stdio.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <linux/seccomp.h>
+int main(void) {
+    printf("%d %d %d\n", unshare(CLONE_NEWUSER), unshare(CLONE_NEWNS), mount("none", "/tmp", "tmpfs", 0, 0));
+    fflush(stdout);
+    /* Its own filter only restricts itself; strict mode then kills it at exit_group. */
+    prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT);
+    return 0;
+}"#;
+    let s = run(&server, "c", c, json!({})).await;
+    assert_eq!(stdout(&s), "-1 -1 -1\n", "{s}");
+    still_healthy(&server).await;
+}
