@@ -137,7 +137,7 @@ pub struct Submission {
     #[serde(default)]
     pub message: Option<String>,
     /// True when the compile step was skipped because the worker's compile cache held
-    /// the artifact (no CompilingEvent is published then).
+    /// the artifact (its CompilingEvent says `cached: true` then).
     #[serde(default)]
     pub compile_cached: bool,
 }
@@ -188,6 +188,9 @@ pub enum EventKind {
         position: Option<u64>,
     },
     Compiling,
+    /// The compiled program came from the worker's compile cache: no compiler ran.
+    /// Shown as a CompilingEvent with `cached: true`, so the event order stays fixed.
+    CompileCached,
     Running {
         test: u32,
         tests: u32,
@@ -210,7 +213,7 @@ impl EventKind {
     pub fn status(&self) -> Option<Status> {
         match self {
             EventKind::Queued { .. } => Some(Status::Queued),
-            EventKind::Compiling => Some(Status::Compiling),
+            EventKind::Compiling | EventKind::CompileCached => Some(Status::Compiling),
             EventKind::Running { .. } => Some(Status::Running),
             EventKind::Finished { .. } => Some(Status::Finished),
             EventKind::Output { .. } | EventKind::TestFinished { .. } => None,

@@ -193,7 +193,7 @@ impl Submission {
         clamp(u64::from(self.0.test_count))
     }
     /// True when the worker found the compiled program in its compile cache and skipped
-    /// compiling: the event stream then has no CompilingEvent.
+    /// compiling (its CompilingEvent then says `cached: true`).
     async fn compile_cached(&self) -> bool {
         self.0.compile_cached
     }
@@ -230,8 +230,13 @@ event_object!(
     position: Option<i32> }
 );
 event_object!(
-    /// Compilation started.
-    CompilingEvent {}
+    /// Compilation started, or (`cached`) was skipped.
+    CompilingEvent {
+        /// True when the worker's compile cache held this program (same language,
+        /// toolchain version, compile command and source): no compiler runs, and the
+        /// first RunningEvent follows at once.
+        cached: bool
+    }
 );
 event_object!(
     /// Test `test` of `tests` started.
@@ -322,6 +327,13 @@ impl From<Event> for SubmissionEvent {
                 submission_id,
                 seq,
                 at,
+                cached: false,
+            }),
+            EventKind::CompileCached => SubmissionEvent::CompilingEvent(CompilingEvent {
+                submission_id,
+                seq,
+                at,
+                cached: true,
             }),
             EventKind::Running { test, tests } => SubmissionEvent::RunningEvent(RunningEvent {
                 submission_id,

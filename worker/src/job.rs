@@ -195,7 +195,8 @@ impl Worker {
             _ => None,
         };
         if let Some(artifact) = cached {
-            // A cache hit: no compile step and no CompilingEvent; the record says so.
+            // A cache hit: no compiler runs; the event and the record say so.
+            self.broker.publish(id, EventKind::CompileCached).await?;
             for f in &artifact.files {
                 let mode = if f.executable { 0o700 } else { 0o600 };
                 dir.write_file_mode(&f.name, &f.bytes, mode)?;
@@ -219,7 +220,8 @@ impl Worker {
                 text.push_str("\n[compiler output truncated at 64 KiB]");
             }
             if !outcome.success() {
-                let why = match outcome.limit {
+                // Generous: this only picks the message; it is COMPILATION_ERROR anyway.
+                let why = match judge::limit_hit(&outcome, limits.cpu_ms, 80) {
                     Some(
                         verdict_sandbox::LimitHit::CpuTime | verdict_sandbox::LimitHit::WallTime,
                     ) => Some("the compiler exceeded its time limit"),
@@ -316,7 +318,12 @@ impl Worker {
             // The sender is gone once the sandbox returned: the forwarder drains and ends.
             let _ = forwarder.await;
             let outcome = outcome?;
-            let verdict = judge::verdict(&outcome, test.expected_output.as_deref(), compare);
+            let verdict = judge::verdict(
+                &outcome,
+                test.expected_output.as_deref(),
+                compare,
+                limits.cpu_ms,
+            );
             let truncated = outcome.stdout_truncated || outcome.stderr_truncated;
             let result = TestResult {
                 index,

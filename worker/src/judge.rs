@@ -17,10 +17,28 @@ impl From<CompareMode> for Compare {
     }
 }
 
+/// The limit that ended a run: the sandbox's finding, or CPU time when the run ended
+/// abnormally with its CPU time within `percent`% of the limit. (RLIMIT_CPU is per
+/// process and tick-accounted: a child that hits it dies of SIGXCPU while the parent,
+/// e.g. `g++` driving `cc1plus`, just exits non-zero, and the precise CPU time the parent
+/// reaped can read a little under the limit: 920 ms at 1 s measured here.)
+pub fn limit_hit(outcome: &Outcome, cpu_limit_ms: u64, percent: u64) -> Option<LimitHit> {
+    outcome.limit.or_else(|| {
+        let abnormal = outcome.signal.is_some() || outcome.exit_code != Some(0);
+        (abnormal && outcome.cpu_ms.saturating_mul(100) >= cpu_limit_ms.saturating_mul(percent))
+            .then_some(LimitHit::CpuTime)
+    })
+}
+
 /// The verdict of one run, in the design's order of precedence.
-pub fn verdict(outcome: &Outcome, expected: Option<&str>, compare: impl Into<Compare>) -> Verdict {
+pub fn verdict(
+    outcome: &Outcome,
+    expected: Option<&str>,
+    compare: impl Into<Compare>,
+    cpu_limit_ms: u64,
+) -> Verdict {
     let compare = compare.into();
-    match outcome.limit {
+    match limit_hit(outcome, cpu_limit_ms, 90) {
         Some(LimitHit::CpuTime | LimitHit::WallTime) => return Verdict::TimeLimitExceeded,
         Some(LimitHit::Memory) => return Verdict::MemoryLimitExceeded,
         Some(LimitHit::Output) => return Verdict::OutputLimitExceeded,
@@ -187,6 +205,32 @@ mod tests {
     }
 
     #[test]
+    fn an_abnormal_end_at_the_cpu_limit_is_a_time_limit() {
+        let o = Outcome {
+            exit_code: Some(4),
+            cpu_ms: 990,
+            ..Outcome::default()
+        };
+        assert_eq!(
+            verdict(&o, None, CompareMode::Exact, 1000),
+            Verdict::TimeLimitExceeded
+        );
+        let fine = Outcome {
+            exit_code: Some(0),
+            cpu_ms: 990,
+            ..Outcome::default()
+        };
+        assert_eq!(
+            verdict(&fine, None, CompareMode::Exact, 1000),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict(&o, None, CompareMode::Exact, 2000),
+            Verdict::RuntimeError
+        );
+    }
+
+    #[test]
     fn precedence_follows_the_design() {
         let mut o = Outcome {
             exit_code: Some(1),
@@ -194,33 +238,36 @@ mod tests {
             ..Outcome::default()
         };
         assert_eq!(
-            verdict(&o, None, CompareMode::Exact),
+            verdict(&o, None, CompareMode::Exact, 1000),
             Verdict::TimeLimitExceeded
         );
         o.limit = Some(LimitHit::Memory);
         assert_eq!(
-            verdict(&o, None, CompareMode::Exact),
+            verdict(&o, None, CompareMode::Exact, 1000),
             Verdict::MemoryLimitExceeded
         );
         o.limit = Some(LimitHit::Output);
         assert_eq!(
-            verdict(&o, None, CompareMode::Exact),
+            verdict(&o, None, CompareMode::Exact, 1000),
             Verdict::OutputLimitExceeded
         );
         o.limit = None;
-        assert_eq!(verdict(&o, None, CompareMode::Exact), Verdict::RuntimeError);
+        assert_eq!(
+            verdict(&o, None, CompareMode::Exact, 1000),
+            Verdict::RuntimeError
+        );
         o.exit_code = Some(0);
         o.stdout = b"42\n".to_vec();
         assert_eq!(
-            verdict(&o, Some("41"), CompareMode::TrimTrailing),
+            verdict(&o, Some("41"), CompareMode::TrimTrailing, 1000),
             Verdict::WrongAnswer
         );
         assert_eq!(
-            verdict(&o, Some("42"), CompareMode::TrimTrailing),
+            verdict(&o, Some("42"), CompareMode::TrimTrailing, 1000),
             Verdict::Accepted
         );
         assert_eq!(
-            verdict(&o, None, CompareMode::TrimTrailing),
+            verdict(&o, None, CompareMode::TrimTrailing, 1000),
             Verdict::Accepted
         );
     }
