@@ -3,47 +3,98 @@
 
 mod app;
 mod assets;
+mod auth;
 mod error;
+mod limits;
 mod metrics;
 mod schema;
 mod validate;
+mod ws;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use async_graphql::Schema;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verdict_broker::{Catalogue, SharedBroker};
 
 pub use app::{app, AppState};
+pub use auth::{ApiKeys, AuthError, Caller, KeyFileError};
 pub use error::ApiError;
+pub use limits::{Access, ApiLimits};
 pub use metrics::Metrics;
 pub use schema::{build, sdl, ApiState, VerdictSchema};
 pub use validate::InputPolicy;
+pub use ws::{Protocol, PROTOCOLS};
 
-/// Builds the shared state for [`app`] and [`serve`].
+/// Builds the shared state for [`app`] and [`serve`]: an open API with default limits.
 pub fn state(
     broker: SharedBroker,
     catalogue: Arc<Catalogue>,
     policy: InputPolicy,
     shutdown: CancellationToken,
 ) -> AppState {
+    state_with(
+        broker,
+        catalogue,
+        policy,
+        shutdown,
+        ApiKeys::open(),
+        ApiLimits::default(),
+    )
+}
+
+/// Like [`state`], with API keys (empty = open) and limits.
+pub fn state_with(
+    broker: SharedBroker,
+    catalogue: Arc<Catalogue>,
+    policy: InputPolicy,
+    shutdown: CancellationToken,
+    keys: ApiKeys,
+    limits: ApiLimits,
+) -> AppState {
+    let metrics = Arc::new(Metrics::default());
     let api = Arc::new(ApiState {
         broker,
         catalogue,
         policy,
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::clone(&metrics),
         shutdown,
     });
+    let access = Arc::new(Access::new(keys, limits));
+    let limits = &access.limits;
+    let mut builder = Schema::build(
+        schema::QueryRoot,
+        schema::MutationRoot,
+        schema::SubscriptionRoot,
+    )
+    .data(Arc::clone(&api))
+    .extension(limits::Guard {
+        access: Arc::clone(&access),
+        metrics,
+    })
+    .limit_depth(limits.max_depth)
+    .limit_complexity(limits.max_complexity)
+    .limit_directives(limits.max_directives);
+    if !limits.introspection {
+        builder = builder.disable_introspection();
+    }
     AppState {
-        schema: build(Arc::clone(&api)),
+        schema: builder.finish(),
         api,
+        access,
     }
 }
 
 /// Serves on an already-bound listener (tests bind port 0) until `shutdown` fires.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let shutdown = state.api.shutdown.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    // The peer address feeds per-IP limits (rate when open, WebSocket connections).
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }

@@ -3,6 +3,54 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// A GraphQL operation type, for request counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Query = 0,
+    Mutation = 1,
+    Subscription = 2,
+}
+
+/// How a GraphQL request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Executed without errors.
+    Ok = 0,
+    /// Executed (or validated) with errors in the response.
+    Error = 1,
+}
+
+const OPERATIONS: [&str; 3] = ["query", "mutation", "subscription"];
+const OUTCOMES: [&str; 2] = ["ok", "error"];
+
+/// HTTP requests refused before GraphQL execution, by reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    Unauthenticated = 0,
+    UnsupportedMediaType = 1,
+    NotAcceptable = 2,
+    TooLarge = 3,
+    BadRequest = 4,
+    MethodNotAllowed = 5,
+    TooManyConnections = 6,
+}
+
+const REJECTIONS: [&str; 7] = [
+    "unauthenticated",
+    "unsupported_media_type",
+    "not_acceptable",
+    "too_large",
+    "bad_request",
+    "method_not_allowed",
+    "too_many_connections",
+];
+
+/// Upper bounds of the submit latency histogram, in seconds.
+const SUBMIT_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Process-wide counters.
 #[derive(Default)]
@@ -10,7 +58,19 @@ pub struct Metrics {
     submissions: AtomicU64,
     subscriptions_open: AtomicU64,
     subscriptions_total: AtomicU64,
+    requests: [[AtomicU64; 2]; 3],
+    rejections: [AtomicU64; 7],
+    rate_limited: AtomicU64,
+    ws_open: AtomicU64,
+    ws_total: AtomicU64,
+    ws_closes: [AtomicU64; WS_CLOSE_CODES.len()],
+    submit_buckets: [AtomicU64; SUBMIT_BUCKETS.len()],
+    submit_count: AtomicU64,
+    submit_sum_us: AtomicU64,
 }
+
+/// The close codes counted in `verdict_ws_closed_total`; anything else is "other".
+const WS_CLOSE_CODES: [u16; 10] = [1000, 1001, 1009, 4400, 4401, 4403, 4406, 4408, 4409, 4429];
 
 /// Counts an open subscription until dropped.
 pub struct SubscriptionGuard(Arc<Metrics>);
@@ -18,6 +78,15 @@ pub struct SubscriptionGuard(Arc<Metrics>);
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
         self.0.subscriptions_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts an open WebSocket connection until dropped.
+pub struct WsGuard(Arc<Metrics>);
+
+impl Drop for WsGuard {
+    fn drop(&mut self) {
+        self.0.ws_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -32,9 +101,48 @@ impl Metrics {
         SubscriptionGuard(Arc::clone(self))
     }
 
+    pub fn websocket(self: &Arc<Self>) -> WsGuard {
+        self.ws_open.fetch_add(1, Ordering::Relaxed);
+        self.ws_total.fetch_add(1, Ordering::Relaxed);
+        WsGuard(Arc::clone(self))
+    }
+
+    /// A WebSocket closed by the server with `code`.
+    pub fn ws_closed(&self, code: u16) {
+        if let Some(i) = WS_CLOSE_CODES.iter().position(|c| *c == code) {
+            self.ws_closes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn request(&self, op: Operation, outcome: Outcome) {
+        self.requests[op as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, why: Rejection) {
+        self.rejections[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Time spent in the `submit` resolver (validation, store, enqueue).
+    pub fn submit_latency(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (i, bound) in SUBMIT_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.submit_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.submit_count.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.submit_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
     /// The Prometheus text format.
     pub fn render(&self, queue_len: Option<u64>, watched: usize) -> String {
         let mut out = String::new();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut put = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
                 out,
@@ -45,19 +153,19 @@ impl Metrics {
             "verdict_submissions_total",
             "counter",
             "Submissions accepted by this server.",
-            self.submissions.load(Ordering::Relaxed),
+            get(&self.submissions),
         );
         put(
             "verdict_subscriptions_open",
             "gauge",
             "Open submissionEvents subscriptions.",
-            self.subscriptions_open.load(Ordering::Relaxed),
+            get(&self.subscriptions_open),
         );
         put(
             "verdict_subscriptions_total",
             "counter",
             "Subscriptions started.",
-            self.subscriptions_total.load(Ordering::Relaxed),
+            get(&self.subscriptions_total),
         );
         put(
             "verdict_watched_submissions",
@@ -73,6 +181,83 @@ impl Metrics {
                 len,
             );
         }
+        put(
+            "verdict_websockets_open",
+            "gauge",
+            "Open WebSocket connections.",
+            get(&self.ws_open),
+        );
+        put(
+            "verdict_websockets_total",
+            "counter",
+            "WebSocket connections accepted.",
+            get(&self.ws_total),
+        );
+        put(
+            "verdict_rate_limited_total",
+            "counter",
+            "Submits refused with RATE_LIMITED.",
+            get(&self.rate_limited),
+        );
+
+        let _ = writeln!(
+            out,
+            "# HELP verdict_graphql_requests_total GraphQL operations executed, by type and outcome.\n\
+             # TYPE verdict_graphql_requests_total counter"
+        );
+        for (i, op) in OPERATIONS.iter().enumerate() {
+            for (j, outcome) in OUTCOMES.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "verdict_graphql_requests_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {}",
+                    get(&self.requests[i][j])
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP verdict_http_rejections_total HTTP requests refused before execution, by reason.\n\
+             # TYPE verdict_http_rejections_total counter"
+        );
+        for (i, why) in REJECTIONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "verdict_http_rejections_total{{reason=\"{why}\"}} {}",
+                get(&self.rejections[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP verdict_ws_closed_total WebSocket connections closed by the server, by close code.\n\
+             # TYPE verdict_ws_closed_total counter"
+        );
+        for (i, code) in WS_CLOSE_CODES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "verdict_ws_closed_total{{code=\"{code}\"}} {}",
+                get(&self.ws_closes[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP verdict_submit_seconds Time to validate, store and enqueue a submission.\n\
+             # TYPE verdict_submit_seconds histogram"
+        );
+        for (i, bound) in SUBMIT_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "verdict_submit_seconds_bucket{{le=\"{bound}\"}} {}",
+                get(&self.submit_buckets[i])
+            );
+        }
+        let count = get(&self.submit_count);
+        let _ = writeln!(
+            out,
+            "verdict_submit_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+             verdict_submit_seconds_sum {}\n\
+             verdict_submit_seconds_count {count}",
+            get(&self.submit_sum_us) as f64 / 1e6
+        );
         out
     }
 }

@@ -1,0 +1,321 @@
+//! Abuse limits and quotas: per-caller submit rate (token bucket), WebSocket connections
+//! per IP, subscriptions per connection, request size, and the schema's query depth and
+//! complexity limits. Also the schema extension that enforces the submit rate and times
+//! submits for /metrics.
+//!
+//! The counters here are per process. (Sharing them across servers needs a counter in
+//! Redis behind the broker; until then N servers allow N times the rate.)
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextResolve,
+    ResolveInfo,
+};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
+use async_graphql::{ErrorExtensions, ServerError, ServerResult, Value, Variables};
+
+use crate::auth::{ApiKeys, Caller};
+use crate::error::ApiError;
+use crate::metrics::{Metrics, Operation, Outcome};
+use crate::validate::InputPolicy;
+
+/// Tunable limits; `Default` is the production default.
+#[derive(Clone, Debug)]
+pub struct ApiLimits {
+    /// Submits per minute per key (per IP when the API is open); 0 = unlimited.
+    pub submits_per_minute: u32,
+    /// Submits allowed at once before the rate applies (default: one minute's worth).
+    pub submit_burst: Option<u32>,
+    /// Open WebSocket connections per client IP; 0 = unlimited.
+    pub max_ws_per_ip: usize,
+    /// Concurrent operations per WebSocket connection.
+    pub max_subscriptions_per_connection: usize,
+    /// graphql-ws: close with 4408 when no connection_init arrives within this time.
+    pub connection_init_timeout: Duration,
+    /// graphql-ws: the server's keep-alive ping (or legacy `ka`) interval.
+    pub keepalive: Duration,
+    /// Largest GraphQL-over-HTTP body; None = source + stdin + expected caps + 1 MiB.
+    pub max_body_bytes: Option<usize>,
+    /// Largest WebSocket message; None = same as the body cap.
+    pub max_ws_message_bytes: Option<usize>,
+    /// Query depth limit (introspection needs about 13).
+    pub max_depth: usize,
+    /// Query complexity limit (one per field; aliases count).
+    pub max_complexity: usize,
+    /// Directives per field.
+    pub max_directives: usize,
+    /// Allow schema introspection (`__schema`, `__type`); switch off in production if
+    /// the schema should not be browsable.
+    pub introspection: bool,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            submits_per_minute: 120,
+            submit_burst: None,
+            max_ws_per_ip: 1024,
+            max_subscriptions_per_connection: 100,
+            connection_init_timeout: Duration::from_secs(3),
+            keepalive: Duration::from_secs(15),
+            max_body_bytes: None,
+            max_ws_message_bytes: None,
+            max_depth: 16,
+            max_complexity: 1000,
+            max_directives: 8,
+            introspection: true,
+        }
+    }
+}
+
+impl ApiLimits {
+    /// The body cap for `policy`: everything a valid submit may carry plus 1 MiB of JSON.
+    pub fn body_bytes(&self, policy: &InputPolicy) -> usize {
+        self.max_body_bytes.unwrap_or_else(|| {
+            policy
+                .max_source_bytes
+                .saturating_add(policy.max_stdin_bytes)
+                .saturating_add(policy.max_expected_bytes)
+                .saturating_add(1024 * 1024)
+        })
+    }
+
+    pub fn ws_message_bytes(&self, policy: &InputPolicy) -> usize {
+        self.max_ws_message_bytes
+            .unwrap_or_else(|| self.body_bytes(policy))
+    }
+}
+
+/// Authentication plus the limit state shared by HTTP and WebSocket handlers.
+pub struct Access {
+    pub keys: ApiKeys,
+    pub limits: ApiLimits,
+    submits: TokenBuckets,
+    ws_per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Access {
+    pub fn new(keys: ApiKeys, limits: ApiLimits) -> Self {
+        let burst = limits.submit_burst.unwrap_or(limits.submits_per_minute);
+        Access {
+            submits: TokenBuckets::new(limits.submits_per_minute, burst),
+            keys,
+            limits,
+            ws_per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one submit from `caller`'s bucket, or says how long to wait.
+    pub fn take_submit(&self, caller: &Caller) -> Result<(), Duration> {
+        self.submits.take(&caller.bucket())
+    }
+
+    /// Counts a WebSocket connection from `ip` until the guard drops; None when `ip`
+    /// already has the maximum open.
+    pub fn ws_connection(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<WsSlot> {
+        let Some(ip) = ip else {
+            return Some(WsSlot(None));
+        };
+        let max = self.limits.max_ws_per_ip;
+        let mut map = self.ws_per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let open = map.entry(ip).or_insert(0);
+        if max > 0 && *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(WsSlot(Some((Arc::clone(self), ip))))
+    }
+}
+
+/// One open WebSocket connection, counted against its IP.
+pub struct WsSlot(Option<(Arc<Access>, IpAddr)>);
+
+impl Drop for WsSlot {
+    fn drop(&mut self) {
+        if let Some((access, ip)) = self.0.take() {
+            let mut map = access.ws_per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(open) = map.get_mut(&ip) {
+                *open = open.saturating_sub(1);
+                if *open == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Token buckets by name: `burst` tokens, refilled at `per_minute` per minute.
+struct TokenBuckets {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// Buckets kept before full ones are forgotten (a full bucket is the same as none).
+const MAX_BUCKETS: usize = 100_000;
+
+impl TokenBuckets {
+    fn new(per_minute: u32, burst: u32) -> Self {
+        TokenBuckets {
+            per_second: f64::from(per_minute) / 60.0,
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take(&self, name: &str) -> Result<(), Duration> {
+        if self.per_second <= 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_BUCKETS {
+            let (rate, burst) = (self.per_second, self.burst);
+            map.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = map.entry(name.to_owned()).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / self.per_second))
+        }
+    }
+}
+
+/// The mutation root's GraphQL type name (schema.graphql).
+const MUTATION_TYPE: &str = "MutationRoot";
+
+/// Schema extension: rate-limits `submit`, times it, and counts requests by operation
+/// type and outcome.
+pub(crate) struct Guard {
+    pub access: Arc<Access>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl ExtensionFactory for Guard {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(GuardExtension {
+            access: Arc::clone(&self.access),
+            metrics: Arc::clone(&self.metrics),
+            operation: Mutex::new(None),
+        })
+    }
+}
+
+struct GuardExtension {
+    access: Arc<Access>,
+    metrics: Arc<Metrics>,
+    operation: Mutex<Option<Operation>>,
+}
+
+fn operation_of(doc: &ExecutableDocument, name: Option<&str>) -> Option<Operation> {
+    let ty = match (&doc.operations, name) {
+        (DocumentOperations::Single(op), _) => op.node.ty,
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name)?.node.ty,
+        (DocumentOperations::Multiple(ops), None) => ops.values().next()?.node.ty,
+    };
+    Some(match ty {
+        OperationType::Query => Operation::Query,
+        OperationType::Mutation => Operation::Mutation,
+        OperationType::Subscription => Operation::Subscription,
+    })
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for GuardExtension {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        // The operation name is not passed here; the first operation is a fine label.
+        *self.operation.lock().unwrap_or_else(|p| p.into_inner()) = operation_of(&doc, None);
+        Ok(doc)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> async_graphql::Response {
+        let response = next.run(ctx, operation_name).await;
+        let op = *self.operation.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = if response.errors.is_empty() {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        };
+        self.metrics
+            .request(op.unwrap_or(Operation::Query), outcome);
+        response
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<Value>> {
+        // `submit` is the only root field of the mutation type by that name.
+        let is_submit = info.name == "submit"
+            && info.path_node.parent.is_none()
+            && info.parent_type == MUTATION_TYPE;
+        if !is_submit {
+            return next.run(ctx, info).await;
+        }
+        let anonymous = Caller::Anonymous { ip: None };
+        let caller = ctx.data_opt::<Caller>().unwrap_or(&anonymous);
+        if let Err(wait) = self.access.take_submit(caller) {
+            self.metrics.rate_limited();
+            let mut err: ServerError = ApiError::RateLimited { retry_after: wait }
+                .extend()
+                .into_server_error(info.field.name.pos);
+            err.path = vec![async_graphql::PathSegment::Field(
+                info.alias.unwrap_or(info.name).to_owned(),
+            )];
+            return Err(err);
+        }
+        let started = Instant::now();
+        let result = next.run(ctx, info).await;
+        self.metrics.submit_latency(started.elapsed());
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_waits() {
+        let b = TokenBuckets::new(60, 3);
+        for _ in 0..3 {
+            assert!(b.take("a").is_ok());
+        }
+        let wait = b.take("a").expect_err("4th must wait");
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(b.take("b").is_ok(), "buckets are per name");
+    }
+
+    #[test]
+    fn unlimited_when_zero() {
+        let b = TokenBuckets::new(0, 0);
+        for _ in 0..1000 {
+            assert!(b.take("a").is_ok());
+        }
+    }
+}
