@@ -1,0 +1,662 @@
+//! The API's edges against real `verdict standalone` processes: graphql-ws close codes and
+//! messages (raw frames, both subprotocols), GraphQL-over-HTTP rules, API keys and
+//! ownership, rate limits, connection limits and /metrics.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use verdict_testkit::{free_port, Proc, Server};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_verdict"))
+}
+
+/// `verdict standalone` with extra flags, on a free port.
+fn standalone(extra: &[&str]) -> Server {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(bin())
+        .args(["standalone", "--listen", &listen, "--concurrency", "2"])
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .spawn()
+        .expect("spawn verdict");
+    let proc = Proc(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "verdict did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server { proc, port }
+}
+
+/// A sha256 hex digest, as the key file holds it (computed with sha256sum, so the test
+/// checks the documented recipe).
+fn sha256_hex(key: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", "printf %s \"$1\" | sha256sum", "sh", key])
+        .output()
+        .expect("sha256sum");
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+const SLEEPER: &str = "import time\ntime.sleep(4)\nprint('done')";
+const SUBMIT: &str = "mutation($i: SubmitInput!) { submit(input: $i) { id status } }";
+const EVENTS: &str = "subscription($id: ID!) { submissionEvents(id: $id) { __typename seq } }";
+
+/// POST /graphql with optional bearer key; returns (status, headers, body).
+async fn post(
+    server: &Server,
+    key: Option<&str>,
+    body: Value,
+) -> (u16, HashMap<String, String>, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/graphql", server.http()))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    let res = req.send().await.expect("POST");
+    let status = res.status().as_u16();
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let text = res.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, body)
+}
+
+async fn submit_as(server: &Server, key: Option<&str>, source: &str) -> Value {
+    post(
+        server,
+        key,
+        json!({ "query": SUBMIT, "variables": { "i": { "language": "python3", "source": source } } }),
+    )
+    .await
+    .2
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw graphql-ws frames
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Raw(Socket);
+
+/// What the server did next.
+#[derive(Debug)]
+enum Got {
+    Frame(Value),
+    Closed(u16, String),
+}
+
+impl Raw {
+    async fn open(server: &Server, path: &str, protocol: Option<&str>) -> Raw {
+        let mut request = server.ws(path).into_client_request().unwrap();
+        if let Some(p) = protocol {
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+        }
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("ws connect");
+        Raw(socket)
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        self.0.send(Message::text(text)).await.expect("ws send");
+    }
+
+    /// The next text frame or the close, within 10 s.
+    async fn next(&mut self) -> Got {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.0.next())
+                .await
+                .expect("nothing from the server within 10 s");
+            match msg {
+                Some(Ok(Message::Text(t))) => return Got::Frame(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return Got::Closed(f.code.into(), f.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) | None => return Got::Closed(1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("ws error: {e}"),
+            }
+        }
+    }
+
+    /// The next frame that is not a keep-alive.
+    async fn frame(&mut self) -> Value {
+        loop {
+            match self.next().await {
+                Got::Frame(f) if f["type"] == "ping" || f["type"] == "ka" => continue,
+                Got::Frame(f) => return f,
+                Got::Closed(code, reason) => panic!("closed {code} {reason}, expected a frame"),
+            }
+        }
+    }
+
+    /// Skips frames until the server closes; returns the code and reason.
+    async fn closed(&mut self) -> (u16, String) {
+        loop {
+            if let Got::Closed(code, reason) = self.next().await {
+                return (code, reason);
+            }
+        }
+    }
+
+    async fn init(server: &Server, payload: Value) -> Raw {
+        let mut ws = Raw::open(server, "/graphql", Some("graphql-transport-ws")).await;
+        ws.send(json!({ "type": "connection_init", "payload": payload }))
+            .await;
+        let ack = ws.frame().await;
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        ws
+    }
+}
+
+fn subscribe(id: &str, query: &str, variables: Value) -> Value {
+    json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } })
+}
+
+// ---------------------------------------------------------------------------------------
+// graphql-transport-ws
+
+#[tokio::test]
+async fn graphql_ws_close_codes_follow_the_protocol() {
+    let server = standalone(&["--ws-init-timeout-ms", "700"]);
+
+    // 4400: not JSON, and a reason that would not fit a close frame is cut to 123 bytes.
+    let mut ws = Raw::open(&server, "/graphql", Some("graphql-transport-ws")).await;
+    ws.send_text("{not json").await;
+    let (code, _) = ws.closed().await;
+    assert_eq!(code, 4400);
+    let mut ws = Raw::open(&server, "/ws", Some("graphql-transport-ws")).await;
+    ws.send(json!({ "type": "x".repeat(400) })).await;
+    let (code, reason) = ws.closed().await;
+    assert_eq!(code, 4400);
+    assert!(reason.len() <= 123, "reason of {} bytes", reason.len());
+    // 4400 also for a subscribe without a query.
+    let mut ws = Raw::init(&server, json!({})).await;
+    ws.send(json!({ "id": "1", "type": "subscribe", "payload": {} }))
+        .await;
+    assert_eq!(ws.closed().await.0, 4400);
+
+    // 4401: subscribe before the ack.
+    let mut ws = Raw::open(&server, "/graphql", Some("graphql-transport-ws")).await;
+    ws.send(subscribe("1", "{ languages { id } }", json!({})))
+        .await;
+    assert_eq!(ws.closed().await, (4401, "Unauthorized".into()));
+
+    // 4408: no connection_init within the (configured) timeout.
+    let started = std::time::Instant::now();
+    let mut ws = Raw::open(&server, "/graphql", Some("graphql-transport-ws")).await;
+    assert_eq!(ws.closed().await.0, 4408);
+    assert!(started.elapsed() >= Duration::from_millis(600));
+
+    // 4429: a second connection_init.
+    let mut ws = Raw::init(&server, json!({})).await;
+    ws.send(json!({ "type": "connection_init" })).await;
+    assert_eq!(ws.closed().await.0, 4429);
+
+    // 4406: no subprotocol we speak.
+    let mut ws = Raw::open(&server, "/graphql", None).await;
+    assert_eq!(ws.closed().await.0, 4406);
+
+    // 4409: a second subscribe with the id of a running subscription.
+    let id = submit_as(&server, None, SLEEPER).await["data"]["submit"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = Raw::init(&server, json!(null)).await;
+    ws.send(subscribe("dup", EVENTS, json!({ "id": id }))).await;
+    let first = ws.frame().await;
+    assert_eq!(first["type"], "next", "{first}");
+    ws.send(subscribe("dup", EVENTS, json!({ "id": id }))).await;
+    let (code, reason) = ws.closed().await;
+    assert_eq!(code, 4409);
+    assert_eq!(reason, "Subscriber for dup already exists");
+}
+
+#[tokio::test]
+async fn graphql_ws_messages_ping_complete_and_errors() {
+    let server = standalone(&[
+        "--ws-keepalive-ms",
+        "300",
+        "--max-subscriptions-per-connection",
+        "2",
+    ]);
+    let mut ws = Raw::init(&server, json!({})).await;
+
+    // ping → pong; and the server pings on its own.
+    ws.send(json!({ "type": "ping" })).await;
+    let mut saw_pong = false;
+    let mut saw_ping = false;
+    while !(saw_pong && saw_ping) {
+        match ws.next().await {
+            Got::Frame(f) if f["type"] == "pong" => saw_pong = true,
+            Got::Frame(f) if f["type"] == "ping" => saw_ping = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // A query over the socket: next, then complete.
+    ws.send(subscribe("q", "{ languages { id } }", json!({})))
+        .await;
+    let next = ws.frame().await;
+    assert_eq!(
+        (next["type"].as_str(), next["id"].as_str()),
+        (Some("next"), Some("q"))
+    );
+    assert!(next["payload"]["data"]["languages"].is_array(), "{next}");
+    assert_eq!(ws.frame().await, json!({ "id": "q", "type": "complete" }));
+
+    // A validation error is an `error` message (an array of errors), with no complete.
+    ws.send(subscribe("bad", "subscription { nope }", json!({})))
+        .await;
+    let error = ws.frame().await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["id"], "bad");
+    assert!(error["payload"][0]["message"].is_string(), "{error}");
+
+    // complete from the client stops the stream: nothing more arrives for it.
+    let id = submit_as(&server, None, SLEEPER).await["data"]["submit"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ws.send(subscribe("s", EVENTS, json!({ "id": id }))).await;
+    let first = ws.frame().await;
+    assert_eq!(
+        first["payload"]["data"]["submissionEvents"]["seq"], 1,
+        "{first}"
+    );
+    ws.send(json!({ "id": "s", "type": "complete" })).await;
+    // Events the server sent before it read the complete may still arrive; the pong marks
+    // the point after which none may.
+    ws.send(json!({ "type": "ping" })).await;
+    loop {
+        let f = ws.frame().await;
+        if f["type"] == "pong" {
+            break;
+        }
+        assert_eq!(f["id"], "s", "{f}");
+    }
+
+    // At most 2 operations per connection (as configured): the third gets RATE_LIMITED
+    // and the connection stays open.
+    ws.send(subscribe("a", EVENTS, json!({ "id": id }))).await;
+    ws.send(subscribe("b", EVENTS, json!({ "id": id }))).await;
+    ws.send(subscribe("c", EVENTS, json!({ "id": id }))).await;
+    let mut limited = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut completed = Vec::new();
+    while completed.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a and b did not complete"
+        );
+        let f = ws.frame().await;
+        assert_ne!(f["id"], "s", "events after complete: {f}");
+        if f["id"] == "c" {
+            assert_eq!(f["type"], "error", "{f}");
+            assert_eq!(f["payload"][0]["extensions"]["code"], "RATE_LIMITED", "{f}");
+            limited = true;
+        }
+        if f["type"] == "complete" {
+            completed.push(f["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(limited);
+    completed.sort();
+    assert_eq!(completed, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn legacy_graphql_ws_protocol_still_works() {
+    let server = standalone(&[]);
+    let mut ws = Raw::open(&server, "/ws", Some("graphql-ws")).await;
+    ws.send(json!({ "type": "connection_init", "payload": {} }))
+        .await;
+    assert_eq!(ws.frame().await["type"], "connection_ack");
+    ws.send(json!({ "id": "1", "type": "start", "payload": { "query": "{ languages { id } }" } }))
+        .await;
+    let data = ws.frame().await;
+    assert_eq!(data["type"], "data", "{data}");
+    assert!(data["payload"]["data"]["languages"].is_array());
+    assert_eq!(ws.frame().await, json!({ "id": "1", "type": "complete" }));
+
+    let id = submit_as(&server, None, "print(7)").await["data"]["submit"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ws.send(json!({ "id": "2", "type": "start", "payload": { "query": EVENTS, "variables": { "id": id } } }))
+        .await;
+    let mut last = Value::Null;
+    loop {
+        let f = ws.frame().await;
+        if f["type"] == "complete" {
+            break;
+        }
+        assert_eq!(f["type"], "data", "{f}");
+        last = f["payload"]["data"]["submissionEvents"].clone();
+    }
+    assert_eq!(last["__typename"], "FinishedEvent");
+    ws.send(json!({ "type": "connection_terminate" })).await;
+    assert_eq!(ws.closed().await.0, 1000);
+}
+
+// ---------------------------------------------------------------------------------------
+// GraphQL over HTTP
+
+#[tokio::test]
+async fn http_rules_media_types_get_mutations_and_body_cap() {
+    let server = standalone(&["--max-body-bytes", "4096"]);
+    let http = reqwest::Client::new();
+    let url = format!("{}/graphql", server.http());
+
+    // application/json only → application/json.
+    let res = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(r#"{"query":"{ __typename }"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+
+    // CSRF guard: a form-encodable content type is refused.
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ] {
+        let res = http
+            .post(&url)
+            .header("content-type", ct)
+            .body(r#"{"query":"{ __typename }"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 415, "{ct}");
+    }
+
+    // Mutations are refused over GET; queries work.
+    let res = http
+        .get(&url)
+        .query(&[("query", "mutation { cancel(id: \"x\") { id } }")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "POST");
+    let res = http
+        .get(&url)
+        .query(&[("query", "{ __typename }")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // The body cap: 413 with a clear message.
+    let big = json!({ "query": SUBMIT, "variables": { "i": { "language": "python3", "source": "#".repeat(8000) } } });
+    let (status, _, body) = post(&server, None, big).await;
+    assert_eq!(status, 413);
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 4096 bytes"),
+        "{body}"
+    );
+
+    // Depth limit.
+    let nested = format!(
+        "{{ __schema {{ types {{ fields {{ type {{ {} name {} }} }} }} }} }}",
+        "ofType { ".repeat(14),
+        "} ".repeat(14)
+    );
+    let (status, _, body) = post(&server, None, json!({ "query": nested })).await;
+    assert_eq!(status, 200);
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nested too deep"),
+        "{body}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// API keys and ownership
+
+#[tokio::test]
+async fn api_keys_authenticate_and_submissions_belong_to_their_key() {
+    let dir = std::env::temp_dir().join(format!("verdict-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys");
+    std::fs::write(
+        &file,
+        format!(
+            "# test keys\nalice:{}\nbob:{}\n",
+            sha256_hex("key-alice"),
+            sha256_hex("key-bob")
+        ),
+    )
+    .unwrap();
+    let server = standalone(&["--api-keys", file.to_str().unwrap()]);
+
+    // No key, or a bad one: 401 UNAUTHENTICATED.
+    for key in [None, Some("wrong")] {
+        let (status, headers, body) =
+            post(&server, key, json!({ "query": "{ __typename }" })).await;
+        assert_eq!(status, 401, "{key:?}");
+        assert_eq!(headers["www-authenticate"], "Bearer");
+        assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    }
+
+    // Alice's submission is hers.
+    let body = submit_as(&server, Some("key-alice"), SLEEPER).await;
+    let id = body["data"]["submit"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let read = "query($id: ID!) { submission(id: $id) { id } }";
+    let (_, _, mine) = post(
+        &server,
+        Some("key-alice"),
+        json!({ "query": read, "variables": { "id": id } }),
+    )
+    .await;
+    assert_eq!(mine["data"]["submission"]["id"], id.as_str());
+
+    // Bob sees it exactly as an unknown id: null, and NOT_FOUND on cancel and subscribe.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let (_, _, theirs) = post(
+        &server,
+        Some("key-bob"),
+        json!({ "query": read, "variables": { "id": id } }),
+    )
+    .await;
+    assert_eq!(theirs["data"]["submission"], Value::Null, "{theirs}");
+    let cancel = "mutation($id: ID!) { cancel(id: $id) { id verdict } }";
+    let mut codes = Vec::new();
+    for target in [&id, &unknown] {
+        let (_, _, body) = post(
+            &server,
+            Some("key-bob"),
+            json!({ "query": cancel, "variables": { "id": target } }),
+        )
+        .await;
+        codes.push(body["errors"][0]["extensions"]["code"].clone());
+    }
+    assert_eq!(codes, [json!("NOT_FOUND"), json!("NOT_FOUND")]);
+
+    let mut ws = Raw::init(&server, json!({ "authorization": "Bearer key-bob" })).await;
+    ws.send(subscribe("x", EVENTS, json!({ "id": id }))).await;
+    let f = ws.frame().await;
+    assert_eq!(f["type"], "next", "{f}");
+    assert_eq!(
+        f["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{f}"
+    );
+    assert_eq!(
+        f["payload"]["errors"][0]["message"],
+        format!("submission {id} not found")
+    );
+
+    // Alice can watch and cancel it.
+    let mut ws = Raw::init(&server, json!({ "authorization": "Bearer key-alice" })).await;
+    ws.send(subscribe("x", EVENTS, json!({ "id": id }))).await;
+    let f = ws.frame().await;
+    assert_eq!(f["payload"]["data"]["submissionEvents"]["seq"], 1, "{f}");
+    let (_, _, body) = post(
+        &server,
+        Some("key-alice"),
+        json!({ "query": cancel, "variables": { "id": id } }),
+    )
+    .await;
+    assert_eq!(body["data"]["cancel"]["verdict"], "CANCELLED", "{body}");
+
+    // graphql-ws: no key or a bad key → 4403.
+    for payload in [json!({}), json!({ "authorization": "Bearer nope" })] {
+        let mut ws = Raw::open(&server, "/graphql", Some("graphql-transport-ws")).await;
+        ws.send(json!({ "type": "connection_init", "payload": payload }))
+            .await;
+        assert_eq!(ws.closed().await, (4403, "Forbidden".into()));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn non_loopback_listen_without_keys_is_refused() {
+    let out = Command::new(bin())
+        .args(["standalone", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--insecure-no-auth"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Limits and metrics
+
+#[tokio::test]
+async fn submits_over_the_rate_are_rate_limited_with_a_retry_hint() {
+    let server = standalone(&["--submits-per-minute", "3"]);
+    for _ in 0..3 {
+        let body = submit_as(&server, None, "print(1)").await;
+        assert_eq!(body["data"]["submit"]["status"], "QUEUED", "{body}");
+    }
+    let body = submit_as(&server, None, "print(1)").await;
+    let error = &body["errors"][0];
+    assert_eq!(error["extensions"]["code"], "RATE_LIMITED", "{body}");
+    assert!(
+        error["extensions"]["retryAfter"].as_u64().unwrap() >= 1,
+        "{body}"
+    );
+    assert!(
+        error["extensions"]["retryAfterMs"].as_u64().unwrap() > 0,
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn websocket_connections_per_ip_are_capped() {
+    let server = standalone(&["--max-ws-per-ip", "2"]);
+    let _a = Raw::init(&server, json!({})).await;
+    let _b = Raw::init(&server, json!({})).await;
+    let mut request = server.ws("/graphql").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 429),
+        other => panic!("expected HTTP 429, got {other:?}"),
+    }
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _c = Raw::init(&server, json!({})).await;
+}
+
+/// Parses the Prometheus text format strictly enough: `name{labels} value` lines, HELP
+/// and TYPE comments.
+fn scrape(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") || line.is_empty() {
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        assert!(
+            !name.is_empty() && !name.starts_with('#'),
+            "bad line {line}"
+        );
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        assert!(
+            out.insert(name.to_owned(), value).is_none(),
+            "duplicate {name}"
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move_with_submissions() {
+    let server = standalone(&[]);
+    let get = || async {
+        let text = reqwest::get(format!("{}/metrics", server.http()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        scrape(&text)
+    };
+    let before = get().await;
+    for _ in 0..3 {
+        submit_as(&server, None, "print(1)").await;
+    }
+    let _ws = Raw::init(&server, json!({})).await;
+    let after = get().await;
+    let delta = |name: &str| after[name] - before.get(name).copied().unwrap_or(0.0);
+    assert_eq!(delta("verdict_submissions_total"), 3.0);
+    assert_eq!(delta("verdict_submit_seconds_count"), 3.0);
+    assert_eq!(
+        delta("verdict_graphql_requests_total{operation=\"mutation\",outcome=\"ok\"}"),
+        3.0
+    );
+    assert_eq!(after["verdict_websockets_open"], 1.0);
+    assert!(after["verdict_submit_seconds_sum"] > 0.0);
+    assert_eq!(after["verdict_submit_seconds_bucket{le=\"+Inf\"}"], 3.0);
+}
