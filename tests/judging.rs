@@ -544,6 +544,25 @@ async fn compiler_over_its_time_limit_is_a_compilation_error() {
     assert!(started.elapsed() < Duration::from_secs(8));
 }
 
+#[tokio::test]
+async fn compiler_over_its_memory_limit_is_a_compilation_error() {
+    // cc1plus needs about 200 MB for <bits/stdc++.h> at -O2.
+    let server = standalone_with(&["--compile-memory-kb", "65536"]);
+    let source = format!(
+        "// {}\n#include <bits/stdc++.h>\nint main(){{ std::map<int,int> m; std::cout << m.size(); }}\n",
+        uuid::Uuid::new_v4()
+    );
+    let (_, s) = judge(&server, json!({ "language": "cpp", "source": source })).await;
+    assert_eq!(s["verdict"], "COMPILATION_ERROR", "{s}");
+    assert!(
+        s["compileOutput"]
+            .as_str()
+            .unwrap()
+            .contains("the compiler exceeded its memory limit"),
+        "{s}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Several tests against one compiled program
 
@@ -597,8 +616,7 @@ async fn three_cpp_tests_second_fails(server: &Server) {
         let seq = int(&e["seq"]);
         let running = events
             .iter()
-            .filter(|r| r["__typename"] == "RunningEvent" && int(&r["seq"]) < seq)
-            .next_back()
+            .rfind(|r| r["__typename"] == "RunningEvent" && int(&r["seq"]) < seq)
             .unwrap();
         assert_eq!(running["test"], e["test"], "{e}");
     }
@@ -854,6 +872,35 @@ async fn live_output_arrives_while_the_program_runs() {
         spread >= Duration::from_millis(600),
         "output events spread over {spread:?}, not all at the end"
     );
+    // Opting out: `output: false` leaves the OutputEvents out.
+    let quiet =
+        r#"subscription($id: ID!) { submissionEvents(id: $id, output: false) { __typename seq } }"#;
+    let events = events_of(&server, &id, quiet).await;
+    assert!(!kinds(&events).contains(&"OutputEvent"), "{events:?}");
+    assert_eq!(kinds(&events).last(), Some(&"FinishedEvent"));
+
+    // A chatty program (thousands of flushed lines in a second) makes few events: output
+    // is batched, at most one event per stream per 50 ms.
+    let source = "import sys, time\nt = time.time()\nk = 0\nwhile time.time() - t < 1.0:\n    print(k, flush=True)\n    k += 1\n    time.sleep(0.0002)\n";
+    let (events, s) = judge(&server, json!({ "language": "python3", "source": source })).await;
+    assert_eq!(s["verdict"], "ACCEPTED", "{s}");
+    let stdout = s["tests"][0]["stdout"].as_str().unwrap();
+    let lines = stdout.lines().count();
+    let outputs: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["__typename"] == "OutputEvent")
+        .collect();
+    let live: String = outputs
+        .iter()
+        .map(|e| e["chunk"].as_str().unwrap())
+        .collect();
+    assert_eq!(live, stdout, "live output adds up to the final stdout");
+    eprintln!(
+        "{lines} flushed lines in 1 s -> {} OutputEvents",
+        outputs.len()
+    );
+    assert!(lines > 500, "{lines}");
+    assert!(outputs.len() <= 40, "{} OutputEvents", outputs.len());
 }
 
 // ---------------------------------------------------------------------------------------

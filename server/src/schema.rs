@@ -564,11 +564,14 @@ pub struct SubscriptionRoot;
 impl SubscriptionRoot {
     /// Every event of a submission: the past ones replayed, then live ones; completes
     /// after FinishedEvent. `afterSeq` resumes after a reconnect without repeats.
+    /// `output: false` opts out of live output: no OutputEvents are sent (their `seq`
+    /// numbers are then skipped); the final stdout and stderr are in each TestResult.
     async fn submission_events(
         &self,
         ctx: &Context<'_>,
         id: ID,
         after_seq: Option<i32>,
+        #[graphql(default = true)] output: bool,
     ) -> Result<impl Stream<Item = Result<SubmissionEvent>>> {
         let s = state(ctx)?;
         let after = u64::try_from(after_seq.unwrap_or(0).max(0)).unwrap_or(0);
@@ -587,6 +590,11 @@ impl SubscriptionRoot {
         let guard = s.metrics.subscription();
         let shutdown = s.shutdown.clone().cancelled_owned();
         Ok(events
+            .filter(move |item| {
+                let keep = output
+                    || !matches!(item, Ok(e) if matches!(e.kind, EventKind::Output { .. }));
+                std::future::ready(keep)
+            })
             .map(move |item| {
                 let _alive = &guard;
                 item.map(SubmissionEvent::from).map_err(gql)
