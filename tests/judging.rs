@@ -1005,6 +1005,17 @@ async fn compile_cache_skips_compiling_identical_source() {
     )
     .await;
     assert_eq!(third["compileCached"], false);
+    // Java: several class files, none executable, restored from the cache.
+    let java = format!(
+        "// {}\npublic class Main {{ static class Inner {{ int v = 7; }} public static void main(String[] a) {{ System.out.println(new Inner().v); }} }}",
+        uuid::Uuid::new_v4()
+    );
+    for cached in [false, true] {
+        let (_, s) = judge(&server, json!({ "language": "java", "source": java })).await;
+        assert_eq!(s["verdict"], "ACCEPTED", "{s}");
+        assert_eq!(s["compileCached"], cached, "{s}");
+        assert_eq!(s["tests"][0]["stdout"], "7\n");
+    }
     let _ = std::fs::remove_dir_all(&cache);
 }
 

@@ -16,7 +16,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -92,7 +92,8 @@ fn read_regular(path: &Path, limit: u64) -> io::Result<Option<(Vec<u8>, u32)>> {
         Err(e) => return Err(e),
     };
     let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() > limit {
+    // One link only: never a hard link to something outside the run directory.
+    if !meta.is_file() || meta.nlink() != 1 || meta.len() > limit {
         return Ok(None);
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
