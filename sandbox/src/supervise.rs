@@ -441,7 +441,13 @@ pub(crate) fn run(
     let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
     let cpu_ms = timeval_ms(usage.ru_utime) + timeval_ms(usage.ru_stime);
     let rss_kb = usage.ru_maxrss.max(0) as u64;
-    let memory_kb = rss_kb;
+    // ru_maxrss also counts the worker's pages the child shared between clone(CLONE_VM)
+    // and execve (~24 MB here), so a tiny program looked big. The memory cgroup's peak,
+    // reset before the run, counts only what the run charged.
+    let memory_kb = match mem_cg {
+        Some((peak, _)) if peak > 0 => peak / 1024,
+        _ => rss_kb,
+    };
 
     let limit = limit.or_else(|| {
         let abnormal = exit_code != Some(0);
