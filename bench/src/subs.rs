@@ -209,6 +209,8 @@ pub async fn measure_one(bin: &Path, n: usize, submissions: usize, table: &mut T
     let per_conn = (rss1 as f64 - rss0 as f64) / connected.max(1) as f64;
     // Now the events: start the worker and let it run the queued jobs.
     let cpu0 = cpu_ms(server_pid).0;
+    let me = std::process::id();
+    let client0 = cpu_ms(me).0;
     env.start_worker();
     let mut finished = Vec::new();
     let mut live = Vec::new();
@@ -239,6 +241,7 @@ pub async fn measure_one(bin: &Path, n: usize, submissions: usize, table: &mut T
         eprintln!("subs: fan-out did not complete within 180 s");
     }
     let cpu_ms_fanout = cpu_ms(server_pid).0 - cpu0;
+    let client_cpu = cpu_ms(me).0 - client0;
     let rss2 = rss_kib(server_pid).unwrap_or(0);
     drop(env);
     let f99 = p99(&finished);
@@ -258,6 +261,7 @@ pub async fn measure_one(bin: &Path, n: usize, submissions: usize, table: &mut T
         met(f99 < 100.0 && completed == n),
         format!("{:.1}", rss2 as f64 / 1024.0),
         format!("{:.0}", cpu_ms_fanout),
+        format!("{:.0}", client_cpu),
     ]);
 }
 
@@ -280,9 +284,21 @@ pub async fn measure(bin: &Path, sizes: &[usize], submissions: usize) -> Table {
             "target p99 < 100 ms",
             "RSS after MiB",
             "server CPU during fan-out ms",
+            "load generator CPU ms",
         ],
     );
+    let limit = nofile_limit().unwrap_or(0);
     for &n in sizes {
+        if (n as u64) + 1024 > limit {
+            let mut row = vec![n.to_string()];
+            row.push(format!(
+                "skipped: open-file limit {limit} (needs ~{}; raising it needs CAP_SYS_RESOURCE)",
+                n + 1024
+            ));
+            row.resize(table.headers.len(), "-".into());
+            table.row(row);
+            continue;
+        }
         measure_one(bin, n, submissions, &mut table).await;
     }
     table.note(format!("Each connection subscribes to one of {submissions} python print(1) submissions queued while no worker runs (so each subscription first gets its QueuedEvent by replay: that marks it live). Then a worker starts (concurrency = cores) and each submission's events fan out to N/{submissions} subscribers in a burst."));
