@@ -51,7 +51,12 @@ export const EVENTS = `subscription Events($id: ID!, $afterSeq: Int) {
   }
 }`;
 
-export type ConnState = 'connecting' | 'connected' | 'reconnecting';
+export type ConnState = 'connecting' | 'connected' | 'reconnecting' | 'unauthorized';
+
+/** graphql-ws close code Verdict uses for a missing or refused API key. */
+const FORBIDDEN = 4403;
+const isClose = (e: unknown): e is CloseEvent =>
+  !!e && typeof e === 'object' && 'code' in e && typeof (e as CloseEvent).code === 'number';
 
 export class Api {
   private client: Client;
@@ -79,9 +84,10 @@ export class Api {
       lazy: false, // connect at once so that the indicator tells the truth
       keepAlive: 10_000,
       retryAttempts: Infinity,
-      // Retry on everything (the default gives up on some close codes): a restarting
-      // server may close or refuse in many ways.
-      shouldRetry: () => true,
+      // Retry on everything (the default gives up on some close codes: a restarting
+      // server may close or refuse in many ways) except a refused API key, which only
+      // the user can fix (changing the key reconnects).
+      shouldRetry: (e) => !(isClose(e) && e.code === FORBIDDEN),
       retryWait: async (retries) => {
         attempt = retries + 1;
         const ms = Math.min(300 * 2 ** retries, 3000) + Math.random() * 200;
@@ -91,14 +97,20 @@ export class Api {
         connecting: () => this.onState(this.everConnected ? 'reconnecting' : 'connecting',
           this.everConnected && attempt ? `attempt ${attempt}` : undefined),
         connected: () => { this.everConnected = true; attempt = 0; this.onState('connected'); },
-        closed: () => { if (this.everConnected) this.onState('reconnecting'); },
+        closed: (e) => {
+          if (isClose(e) && e.code === FORBIDDEN) this.onState('unauthorized', e.reason);
+          else if (this.everConnected) this.onState('reconnecting');
+        },
       },
     });
   }
 
-  /** Reconnects with the current API key; live subscriptions resume by themselves. */
+  /** A new connection with the current API key; subscriptions of the old one end. */
   reconnect(): void {
-    this.client.terminate();
+    const old = this.client;
+    this.everConnected = false;
+    this.client = this.makeClient();
+    void old.dispose();
   }
 
   async request<T>(query: string, variables: Record<string, unknown> = {}): Promise<T> {
@@ -111,7 +123,8 @@ export class Api {
     try {
       body = await res.json();
     } catch {
-      throw new Error(`HTTP ${res.status} ${res.statusText}`);
+      const hint = res.status === 401 || res.status === 403 ? ': set the API key' : '';
+      throw new Error(`HTTP ${res.status} ${res.statusText}${hint}`);
     }
     if (body.errors?.length) throw new Error(body.errors.map((e) => e.message).join('; '));
     if (!res.ok || !body.data) throw new Error(`HTTP ${res.status} ${res.statusText}`);

@@ -29,6 +29,7 @@ function showConn(state: ConnState, detail?: string): void {
   conn.dataset.state = state;
   conn.textContent = state === 'connected' ? 'Connected'
     : state === 'reconnecting' ? `Reconnecting…${detail ? ` (${detail})` : ''}`
+    : state === 'unauthorized' ? 'API key refused'
     : 'Connecting…';
 }
 
@@ -38,6 +39,8 @@ keyInput.addEventListener('change', () => {
   localStorage.setItem('verdict.apiKey', keyInput.value.trim());
   api.reconnect();
   void loadLanguages();
+  // Subscriptions of the old connection ended: watch the current submission again.
+  if (current && !current.finished) open(current.id);
 });
 
 // ---------------------------------------------------------------------------------------
@@ -50,12 +53,14 @@ let edited = false;
 const editor = new Editor($('editor'), TEMPLATES.python3, () => void run(), () => { edited = true; });
 editor.setLanguage('python3');
 
+let langRetry: ReturnType<typeof setTimeout> | undefined;
 async function loadLanguages(): Promise<void> {
+  clearTimeout(langRetry);
   try {
     languages = await api.languages();
   } catch (e) {
     $('form-error').textContent = `Could not load languages: ${(e as Error).message}`;
-    setTimeout(() => void loadLanguages(), 2000);
+    langRetry = setTimeout(() => void loadLanguages(), 2000);
     return;
   }
   $('form-error').textContent = '';

@@ -129,3 +129,35 @@ test('phone width: no horizontal scroll, Run reachable', T, async () => {
     await phone.context().close();
   }
 });
+
+test('API key: refused without it, then sent in connection_init and the Authorization header', T, async () => {
+  const { createHash } = await import('node:crypto');
+  const { startVerdict, freePort } = await import('./harness.mjs');
+  const key = 'browser-test-key';
+  const digest = createHash('sha256').update(key).digest('hex');
+  const port = await freePort();
+  const keyed = await startVerdict('keyed', ['standalone', '--listen', `127.0.0.1:${port}`], {
+    port,
+    env: { VERDICT_API_KEYS: `browser:${digest}` },
+  });
+  const p = await newPage(browser);
+  try {
+    await p.goto(`http://127.0.0.1:${port}/`);
+    await p.waitForSelector('#conn[data-state="unauthorized"]');
+    await p.waitForFunction(() => /Could not load languages/.test(document.querySelector('#form-error')?.textContent ?? ''));
+    await screenshot(p, 'api-key-refused');
+    await p.fill('#api-key', key);
+    await p.press('#api-key', 'Enter');
+    await p.locator('#api-key').blur();
+    await p.waitForSelector('#conn[data-state="connected"]');
+    await p.waitForSelector('#language option[value="python3"]', { state: 'attached' });
+    await setSource(p, "print('with a key')\n");
+    await p.click('#run');
+    await waitVerdict(p, 'Accepted');
+    assert.match(await p.locator('#stdout').innerText(), /with a key/);
+    await screenshot(p, 'api-key-accepted');
+  } finally {
+    await p.context().close();
+    await keyed.stop();
+  }
+});
