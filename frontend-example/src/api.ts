@@ -23,7 +23,7 @@ export interface Submission {
 interface Base { seq: number; at: string }
 export type SubmissionEvent = Base & (
   | { __typename: 'QueuedEvent'; position: number | null }
-  | { __typename: 'CompilingEvent' }
+  | { __typename: 'CompilingEvent'; cached: boolean }
   | { __typename: 'RunningEvent'; test: number; tests: number }
   | { __typename: 'OutputEvent'; test: number; stream: 'STDOUT' | 'STDERR'; chunk: string }
   | { __typename: 'TestFinishedEvent'; result: TestResult }
@@ -44,6 +44,7 @@ export const EVENTS = `subscription Events($id: ID!, $afterSeq: Int) {
   submissionEvents(id: $id, afterSeq: $afterSeq) {
     __typename seq at
     ... on QueuedEvent { position }
+    ... on CompilingEvent { cached }
     ... on RunningEvent { test tests }
     ... on OutputEvent { test stream chunk }
     ... on TestFinishedEvent { result { ${RESULT} } }

@@ -202,7 +202,7 @@ function onEvent(ev: SubmissionEvent): void {
       setVerdict('', 'Queued');
       break;
     case 'CompilingEvent':
-      line('Compiling', ev.at);
+      line(ev.cached ? 'Compiling (cached: no compiler run)' : 'Compiling', ev.at);
       setVerdict('', 'Compiling…');
       break;
     case 'RunningEvent':
