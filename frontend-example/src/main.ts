@@ -25,7 +25,15 @@ const conn = $('conn');
 const keyInput = $<HTMLInputElement>('api-key');
 keyInput.value = localStorage.getItem('verdict.apiKey') ?? '';
 
+let wasLost = false;
 function showConn(state: ConnState, detail?: string): void {
+  // Tell the watcher of a running submission about the outage and the resume.
+  if (current && !current.finished) {
+    if (state === 'reconnecting' && !wasLost) line('Connection lost: reconnecting…');
+    if (state === 'connected' && wasLost) line(`Reconnected: resuming after event ${current.lastSeq}`);
+  }
+  if (state === 'reconnecting') wasLost = true;
+  if (state === 'connected') wasLost = false;
   conn.dataset.state = state;
   conn.textContent = state === 'connected' ? 'Connected'
     : state === 'reconnecting' ? `Reconnecting…${detail ? ` (${detail})` : ''}`
@@ -154,7 +162,9 @@ function saveHistory(): void {
   renderHistory();
 }
 
-let current: { id: string; stop: () => void; finished: boolean; lastTest: Record<string, number> } | null = null;
+let current: {
+  id: string; stop: () => void; finished: boolean; lastSeq: number; lastTest: Record<string, number>;
+} | null = null;
 const timeline = $('timeline');
 const verdictBox = $('verdict');
 
@@ -196,6 +206,7 @@ function verdictSpan(v: Verdict): HTMLElement {
 
 function onEvent(ev: SubmissionEvent): void {
   if (!current) return;
+  current.lastSeq = ev.seq;
   switch (ev.__typename) {
     case 'QueuedEvent':
       line(`Queued${ev.position != null ? ` (position ${ev.position})` : ''}`, ev.at);
@@ -254,7 +265,7 @@ function open(id: string): void {
   current?.stop();
   clearView();
   setVerdict('', 'Waiting for events…');
-  const me = { id, stop: () => {}, finished: false, lastTest: {} as Record<string, number> };
+  const me = { id, stop: () => {}, finished: false, lastSeq: 0, lastTest: {} as Record<string, number> };
   current = me;
   setRunning(true);
   renderHistory();

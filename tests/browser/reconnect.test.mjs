@@ -51,6 +51,7 @@ test('server + worker on Redis: restart the server mid-run, the page shows the v
     assert.equal(out.match(/start/g).length, 1, 'no event shown twice after the re-subscribe');
     const tl = await timelineText(page);
     assert.equal(tl.match(/Running test 1\/1/g).length, 1, tl);
+    assert.match(tl, /Connection lost[\s\S]*Reconnected: resuming after event \d+[\s\S]*Finished: Accepted/);
     await screenshot(page, 'redis-recovered');
   } finally {
     await page.context().close();
