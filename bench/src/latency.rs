@@ -42,8 +42,16 @@ pub async fn measure(bin: &Path, mode: Mode, program: Program, n: usize) -> Seri
             series.bare_compile.push(bare.compile_c());
         }
     }
+    // Optional idle gap between submissions (to study pacing effects).
+    let pause: u64 = std::env::var("VERDICT_BENCH_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     // Interleaved, so both see the same machine load over the run.
     for _ in 0..n {
+        if pause > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        }
         let s = submit_and_follow(&api, &mut ws, &input).await;
         if s.verdict != "ACCEPTED" {
             eprintln!("  submission finished {} (kept in the figures)", s.verdict);
