@@ -184,6 +184,9 @@ pub struct Env {
     pub bin: PathBuf,
 }
 
+/// Worker slots for `verdict worker` (default: cores, as `verdict standalone` uses).
+pub static WORKER_CONCURRENCY: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
 pub fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -222,7 +225,8 @@ impl Env {
 
     pub fn start_worker(&mut self) {
         let (_, url) = self.redis.as_ref().expect("worker needs Redis mode");
-        self.worker = Some(verdict_testkit::worker(&self.bin, url, &self.ns, cores()));
+        let slots = WORKER_CONCURRENCY.get().copied().unwrap_or_else(cores);
+        self.worker = Some(verdict_testkit::worker(&self.bin, url, &self.ns, slots));
     }
 
     pub fn redis_url(&self) -> Option<&str> {

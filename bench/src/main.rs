@@ -37,6 +37,9 @@ struct Cli {
         default_value = "redis,standalone"
     )]
     modes: Vec<String>,
+    /// Slots of the `verdict worker` process in Redis mode (default: cores).
+    #[arg(long, global = true)]
+    worker_concurrency: Option<usize>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -142,6 +145,9 @@ async fn run(cli: Cli) {
         "{} not found: build it (cargo build --release --workspace --bins) or pass --verdict",
         bin.display()
     );
+    if let Some(n) = cli.worker_concurrency {
+        let _ = common::WORKER_CONCURRENCY.set(n.max(1));
+    }
     let modes: Vec<Mode> = cli
         .modes
         .iter()

@@ -101,7 +101,10 @@ async fn service(
         if conns.is_empty() {
             conns.push(("server (idle)".into(), with_server));
             conns.push((
-                format!("worker (--concurrency {})", cores()),
+                format!(
+                    "worker (--concurrency {})",
+                    WORKER_CONCURRENCY.get().copied().unwrap_or_else(cores)
+                ),
                 with_worker.saturating_sub(with_server),
             ));
         }
@@ -139,11 +142,14 @@ async fn service(
     }
     // Ramp-up, then the measured window.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let me = std::process::id();
+    let client_before = cpu_ms(me).0;
     let cpu_before: Vec<_> = env.pids().iter().map(|(r, p)| (*r, cpu_ms(*p))).collect();
     let w0 = now_ns();
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     let w1 = now_ns();
     let cpu_after: Vec<_> = env.pids().iter().map(|(r, p)| (*r, cpu_ms(*p))).collect();
+    let client_cpu = cpu_ms(me).0 - client_before;
     stop.store(true, Ordering::Relaxed);
     let mut in_window = 0u64;
     let mut not_accepted = 0u64;
@@ -176,6 +182,7 @@ async fn service(
     }
     cpu_row.push(per(children));
     cpu_row.push(per(own_total));
+    cpu_row.push(per(client_cpu));
     if not_accepted > 0 {
         eprintln!("  {not_accepted} submissions were not ACCEPTED (excluded)");
     }
@@ -241,6 +248,7 @@ pub async fn measure(
             "redis",
             "sandboxed programs (worker's children)",
             "service total (excl. programs)",
+            "load generator",
         ],
     );
     let mut redis = Table::new(
@@ -276,6 +284,7 @@ pub async fn measure(
     }
     thr.note(format!("Ideal: {threads} threads each spawning the bare program (for C: `./main` compiled once, as the service's compile cache serves identical sources) back to back; {threads} = the cores the service gets too. The load generator shares the same cores."));
     thr.note("Counted: FinishedEvents received in the window (after 2 s of ramp-up).");
+    cpu.note("The load generator (HTTP + graphql-ws clients) runs on the same cores and takes CPU the ideal run does not pay.");
     cpu.note("Service CPU excludes the sandboxed programs (counted separately as the worker's reaped children). In standalone the single process is shown under server.");
     if !conns.is_empty() {
         redis.note(format!(
