@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_graphql::Schema;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verdict_broker::{Catalogue, SharedBroker};
@@ -91,6 +92,13 @@ pub fn state_with(
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let shutdown = state.api.shutdown.clone();
     // The peer address feeds per-IP limits (rate when open, WebSocket connections).
+    // Without TCP_NODELAY, Nagle + delayed ACK held each small event frame ~40 ms
+    // (measured in BENCHMARKS.md): push latency is the product here.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
