@@ -201,7 +201,11 @@ struct ApiArgs {
     #[arg(long = "api-keys", env = "VERDICT_API_KEYS_FILE")]
     api_keys_file: Option<PathBuf>,
     /// API keys inline, as `name:sha256hex,name2:sha256hex` (added to the file's).
-    #[arg(long = "api-key-digests", env = "VERDICT_API_KEYS", hide_env_values = true)]
+    #[arg(
+        long = "api-key-digests",
+        env = "VERDICT_API_KEYS",
+        hide_env_values = true
+    )]
     api_keys: Option<String>,
     /// Serve an open API (no keys) on a non-loopback address anyway.
     #[arg(long, env = "VERDICT_INSECURE_NO_AUTH")]
@@ -213,7 +217,11 @@ struct ApiArgs {
     #[arg(long, env = "VERDICT_MAX_WS_PER_IP", default_value_t = 1024)]
     max_ws_per_ip: usize,
     /// Concurrent operations per WebSocket connection.
-    #[arg(long, env = "VERDICT_MAX_SUBSCRIPTIONS_PER_CONNECTION", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "VERDICT_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        default_value_t = 100
+    )]
     max_subscriptions_per_connection: usize,
     /// graphql-ws: close with 4408 when connection_init has not arrived after this, ms.
     #[arg(long, env = "VERDICT_WS_INIT_TIMEOUT_MS", default_value_t = 3_000)]
@@ -259,8 +267,18 @@ impl ApiArgs {
         Ok(keys)
     }
 
-    fn limits(&self) -> verdict_server::ApiLimits {
-        verdict_server::ApiLimits {
+    async fn limits(
+        &self,
+        redis: Option<(&str, &str)>,
+    ) -> Result<verdict_server::ApiLimits, BoxError> {
+        let shared_rate = match redis {
+            Some((url, namespace)) => Some(Arc::new(
+                verdict_server::RedisRate::connect(url, namespace).await?,
+            )),
+            None => None,
+        };
+        Ok(verdict_server::ApiLimits {
+            shared_rate,
             submits_per_minute: self.submits_per_minute,
             max_ws_per_ip: self.max_ws_per_ip,
             max_subscriptions_per_connection: self.max_subscriptions_per_connection,
@@ -271,7 +289,7 @@ impl ApiArgs {
             max_complexity: self.max_query_complexity,
             introspection: !self.no_introspection,
             ..verdict_server::ApiLimits::default()
-        }
+        })
     }
 }
 
@@ -432,6 +450,8 @@ async fn start_server(
     api: &ApiArgs,
     limits: &LimitsArgs,
     shutdown: CancellationToken,
+    // (url, namespace): quotas are counted there, shared by all servers.
+    redis: Option<(&str, &str)>,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, BoxError> {
     let policy = limits.policy()?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -445,7 +465,7 @@ async fn start_server(
         policy,
         shutdown,
         api.keys(listen)?,
-        api.limits(),
+        api.limits(redis).await?,
     );
     Ok(tokio::spawn(verdict_server::serve(listener, state)))
 }
@@ -506,6 +526,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 &args.api,
                 &args.limits,
                 shutdown.clone(),
+                args.redis_url
+                    .as_deref()
+                    .map(|url| (url, args.broker.redis_namespace.as_str())),
             )
             .await?;
             server.await??;
@@ -516,9 +539,21 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let shutdown = shutdown_on_signal();
             let broker = broker(Some(&args.redis_url), &args.broker).await?;
             let catalogue = catalogue(&args.catalogue).await?;
-            start_server(broker, catalogue, args.listen, &args.api, &args.limits, shutdown)
-                .await?
-                .await??;
+            let redis = Some((
+                args.redis_url.as_str(),
+                args.broker.redis_namespace.as_str(),
+            ));
+            start_server(
+                broker,
+                catalogue,
+                args.listen,
+                &args.api,
+                &args.limits,
+                shutdown,
+                redis,
+            )
+            .await?
+            .await??;
         }
         Command::Worker(args) => {
             let shutdown = shutdown_on_signal();

@@ -20,11 +20,18 @@ fn bin() -> &'static Path {
 
 /// `verdict standalone` with extra flags, on a free port.
 fn standalone(extra: &[&str]) -> Server {
+    spawn(&["standalone", "--concurrency", "2"], extra, &[])
+}
+
+/// `verdict ARGS --listen <free port> EXTRA` with environment `envs`, once it listens.
+fn spawn(args: &[&str], extra: &[&str], envs: &[(&str, &str)]) -> Server {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new(bin())
-        .args(["standalone", "--listen", &listen, "--concurrency", "2"])
+        .args(args)
+        .args(["--listen", &listen])
         .args(extra)
+        .envs(envs.iter().copied())
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -584,6 +591,34 @@ async fn submits_over_the_rate_are_rate_limited_with_a_retry_hint() {
         error["extensions"]["retryAfterMs"].as_u64().unwrap() > 0,
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn two_servers_on_redis_share_the_submit_count() {
+    let (url, ns) = (verdict_testkit::redis_url(), verdict_testkit::namespace());
+    let server = |_: u8| {
+        spawn(
+            &["server", "--redis-url", &url],
+            &["--submits-per-minute", "3"],
+            &[("VERDICT_REDIS_NAMESPACE", &ns)],
+        )
+    };
+    let (a, b) = (server(1), server(2));
+    for s in [&a, &b, &a] {
+        let body = submit_as(s, None, "print(1)").await;
+        assert_eq!(body["data"]["submit"]["status"], "QUEUED", "{body}");
+    }
+    for s in [&b, &a] {
+        let body = submit_as(s, None, "print(1)").await;
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+            "{body}"
+        );
+        let ms = body["errors"][0]["extensions"]["retryAfterMs"]
+            .as_u64()
+            .unwrap();
+        assert!(ms > 0 && ms <= 60_000, "{body}");
+    }
 }
 
 #[tokio::test]

@@ -3,8 +3,9 @@
 //! complexity limits. Also the schema extension that enforces the submit rate and times
 //! submits for /metrics.
 //!
-//! The counters here are per process. (Sharing them across servers needs a counter in
-//! Redis behind the broker; until then N servers allow N times the rate.)
+//! The submit rate is counted in Redis when the server runs on Redis ([`RedisRate`]), so
+//! all servers share one count per caller; otherwise (standalone) in process. The other
+//! counters (connections per IP, operations per connection) are per process.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,8 +25,10 @@ use crate::metrics::{Metrics, Operation, Outcome};
 use crate::validate::InputPolicy;
 
 /// Tunable limits; `Default` is the production default.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ApiLimits {
+    /// Count submits in Redis, shared by every server (None: in this process).
+    pub shared_rate: Option<Arc<RedisRate>>,
     /// Submits per minute per key (per IP when the API is open); 0 = unlimited.
     pub submits_per_minute: u32,
     /// Submits allowed at once before the rate applies (default: one minute's worth).
@@ -56,6 +59,7 @@ pub struct ApiLimits {
 impl Default for ApiLimits {
     fn default() -> Self {
         ApiLimits {
+            shared_rate: None,
             submits_per_minute: 120,
             submit_burst: None,
             max_ws_per_ip: 1024,
@@ -110,8 +114,26 @@ impl Access {
     }
 
     /// Takes one submit from `caller`'s bucket, or says how long to wait.
-    pub fn take_submit(&self, caller: &Caller) -> Result<(), Duration> {
-        self.submits.take(&caller.bucket())
+    pub async fn take_submit(&self, caller: &Caller) -> Result<(), Duration> {
+        let bucket = caller.bucket();
+        let limit = self
+            .limits
+            .submit_burst
+            .unwrap_or(self.limits.submits_per_minute);
+        match &self.limits.shared_rate {
+            Some(redis) if self.limits.submits_per_minute > 0 => {
+                match redis.take(&bucket, limit).await {
+                    Ok(verdict) => verdict,
+                    Err(e) => {
+                        // Redis trouble must not stop submits that Redis may still take;
+                        // fall back to this process's count.
+                        tracing::warn!(error = %e, "shared rate counter unavailable");
+                        self.submits.take(&bucket)
+                    }
+                }
+            }
+            _ => self.submits.take(&bucket),
+        }
     }
 
     /// Counts a WebSocket connection from `ip` until the guard drops; None when `ip`
@@ -145,6 +167,70 @@ impl Drop for WsSlot {
                 }
             }
         }
+    }
+}
+
+/// A submit counter in Redis: at most `limit` submits per caller in each 60-second
+/// window, the window starting at the caller's first submit. Fixed windows rather than a
+/// token bucket, because one atomic INCR per submit is all it costs.
+pub struct RedisRate {
+    client: fred::clients::Client,
+    script: fred::types::scripts::Script,
+    prefix: String,
+}
+
+const RATE_WINDOW_MS: u64 = 60_000;
+
+/// KEYS[1] the caller's counter, ARGV[1] the window (ms). Returns {count, ms left}.
+const RATE_LUA: &str = r"
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+";
+
+impl RedisRate {
+    /// Connects to the Redis at `url`; counters live under `namespace:rate:`.
+    pub async fn connect(url: &str, namespace: &str) -> Result<Self, fred::error::Error> {
+        use fred::interfaces::ClientLike;
+        let config = fred::types::config::Config::from_url(url)?;
+        let client = fred::types::Builder::from_config(config)
+            .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
+                0, 50, 2_000, 2,
+            ))
+            .with_performance_config(|p| {
+                p.default_command_timeout = Duration::from_secs(2);
+            })
+            .build()?;
+        client.init().await?;
+        Ok(RedisRate {
+            client,
+            script: fred::types::scripts::Script::from_lua(RATE_LUA),
+            prefix: format!("{namespace}:rate:"),
+        })
+    }
+
+    async fn take(
+        &self,
+        bucket: &str,
+        limit: u32,
+    ) -> Result<Result<(), Duration>, fred::error::Error> {
+        let (count, left): (u64, u64) = self
+            .script
+            .evalsha_with_reload(
+                &self.client,
+                vec![format!("{}{bucket}", self.prefix)],
+                vec![RATE_WINDOW_MS.to_string()],
+            )
+            .await?;
+        Ok(if count <= u64::from(limit) {
+            Ok(())
+        } else {
+            Err(Duration::from_millis(left.max(1)))
+        })
     }
 }
 
@@ -279,7 +365,7 @@ impl Extension for GuardExtension {
         }
         let anonymous = Caller::Anonymous { ip: None };
         let caller = ctx.data_opt::<Caller>().unwrap_or(&anonymous);
-        if let Err(wait) = self.access.take_submit(caller) {
+        if let Err(wait) = self.access.take_submit(caller).await {
             self.metrics.rate_limited();
             let mut err: ServerError = ApiError::RateLimited { retry_after: wait }
                 .extend()
