@@ -216,6 +216,9 @@ struct ApiArgs {
     /// Open WebSocket connections per client IP; 0 = unlimited.
     #[arg(long, env = "VERDICT_MAX_WS_PER_IP", default_value_t = 1024)]
     max_ws_per_ip: usize,
+    /// Open WebSocket connections per API key (per server); 0 = unlimited.
+    #[arg(long, env = "VERDICT_MAX_WS_PER_KEY", default_value_t = 1024)]
+    max_ws_per_key: usize,
     /// Concurrent operations per WebSocket connection.
     #[arg(
         long,
@@ -281,6 +284,7 @@ impl ApiArgs {
             shared_rate,
             submits_per_minute: self.submits_per_minute,
             max_ws_per_ip: self.max_ws_per_ip,
+            max_ws_per_key: self.max_ws_per_key,
             max_subscriptions_per_connection: self.max_subscriptions_per_connection,
             connection_init_timeout: Duration::from_millis(self.ws_init_timeout_ms),
             keepalive: Duration::from_millis(self.ws_keepalive_ms),

@@ -477,7 +477,12 @@ async fn api_keys_authenticate_and_submissions_belong_to_their_key() {
         ),
     )
     .unwrap();
-    let server = standalone(&["--api-keys", file.to_str().unwrap()]);
+    let server = standalone(&[
+        "--api-keys",
+        file.to_str().unwrap(),
+        "--max-ws-per-key",
+        "1",
+    ]);
 
     // No key, or a bad one: 401 UNAUTHENTICATED.
     for key in [None, Some("wrong")] {
@@ -535,6 +540,19 @@ async fn api_keys_authenticate_and_submissions_belong_to_their_key() {
         f["payload"]["errors"][0]["message"],
         format!("submission {id} not found")
     );
+
+    // One connection per key (as configured): Bob's second is refused with 4429.
+    let mut second = Raw::open(&server, "/graphql", Some("graphql-transport-ws")).await;
+    second
+        .send(
+            json!({ "type": "connection_init", "payload": { "authorization": "Bearer key-bob" } }),
+        )
+        .await;
+    assert_eq!(
+        second.closed().await,
+        (4429, "Too many connections for this key".into())
+    );
+    drop(ws);
 
     // Alice can watch and cancel it.
     let mut ws = Raw::init(&server, json!({ "authorization": "Bearer key-alice" })).await;

@@ -35,6 +35,8 @@ pub struct ApiLimits {
     pub submit_burst: Option<u32>,
     /// Open WebSocket connections per client IP; 0 = unlimited.
     pub max_ws_per_ip: usize,
+    /// Open WebSocket connections per API key (this process); 0 = unlimited.
+    pub max_ws_per_key: usize,
     /// Concurrent operations per WebSocket connection.
     pub max_subscriptions_per_connection: usize,
     /// graphql-ws: close with 4408 when no connection_init arrives within this time.
@@ -63,6 +65,7 @@ impl Default for ApiLimits {
             submits_per_minute: 120,
             submit_burst: None,
             max_ws_per_ip: 1024,
+            max_ws_per_key: 1024,
             max_subscriptions_per_connection: 100,
             connection_init_timeout: Duration::from_secs(3),
             keepalive: Duration::from_secs(15),
@@ -100,6 +103,7 @@ pub struct Access {
     pub limits: ApiLimits,
     submits: TokenBuckets,
     ws_per_ip: Mutex<HashMap<IpAddr, usize>>,
+    ws_per_key: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 impl Access {
@@ -110,6 +114,7 @@ impl Access {
             keys,
             limits,
             ws_per_ip: Mutex::new(HashMap::new()),
+            ws_per_key: Mutex::new(HashMap::new()),
         }
     }
 
@@ -150,6 +155,42 @@ impl Access {
         }
         *open += 1;
         Some(WsSlot(Some((Arc::clone(self), ip))))
+    }
+}
+
+impl Access {
+    /// Counts an authenticated WebSocket connection against its key until the guard
+    /// drops; None when the key already has the maximum open. Anonymous callers are
+    /// counted per IP at the upgrade instead.
+    pub fn ws_key_connection(self: &Arc<Self>, caller: &Caller) -> Option<KeySlot> {
+        let Caller::Key { name } = caller else {
+            return Some(KeySlot(None));
+        };
+        let max = self.limits.max_ws_per_key;
+        let mut map = self.ws_per_key.lock().unwrap_or_else(|p| p.into_inner());
+        let open = map.entry(Arc::clone(name)).or_insert(0);
+        if max > 0 && *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(KeySlot(Some((Arc::clone(self), Arc::clone(name)))))
+    }
+}
+
+/// One open WebSocket connection, counted against its API key.
+pub struct KeySlot(Option<(Arc<Access>, Arc<str>)>);
+
+impl Drop for KeySlot {
+    fn drop(&mut self) {
+        if let Some((access, name)) = self.0.take() {
+            let mut map = access.ws_per_key.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(open) = map.get_mut(&name) {
+                *open = open.saturating_sub(1);
+                if *open == 0 {
+                    map.remove(&name);
+                }
+            }
+        }
     }
 }
 

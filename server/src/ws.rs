@@ -17,7 +17,9 @@
 //! - 4406 no supported subprotocol was offered
 //! - 4408 no `connection_init` within the init timeout
 //! - 4409 `subscribe` with the id of an operation still running
-//! - 4429 a second `connection_init`
+//! - 4429 a second `connection_init`, or (reason "Too many connections for this key") the
+//!   key already has its maximum of open connections: the reference client does not
+//!   retry 4429, which is what a quota wants
 //! - 1001 the server is shutting down (clients reconnect)
 //! - 1009 a message larger than the cap
 //!
@@ -37,7 +39,7 @@ use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
-use crate::limits::{Access, WsSlot};
+use crate::limits::{Access, KeySlot, WsSlot};
 use crate::metrics::Metrics;
 use crate::schema::VerdictSchema;
 
@@ -127,6 +129,7 @@ pub async fn serve(mut socket: WebSocket, protocol: Option<Protocol>, conn: Conn
         acked: false,
         init_received: false,
         ops: StreamMap::new(),
+        key_slot: None,
     };
     let result = state.run(&mut socket).await;
     if let Err(Close(code, reason)) = result {
@@ -149,6 +152,8 @@ struct State {
     acked: bool,
     init_received: bool,
     ops: Operations,
+    /// Holds this connection's place in its key's count.
+    key_slot: Option<KeySlot>,
 }
 
 impl State {
@@ -270,6 +275,10 @@ impl State {
         };
         match caller {
             Ok(caller) => {
+                let Some(slot) = self.conn.access.ws_key_connection(&caller) else {
+                    return Err(Close::new(4429, "Too many connections for this key"));
+                };
+                self.key_slot = Some(slot);
                 self.conn.caller = Some(caller);
                 self.acked = true;
                 send(socket, &json!({ "type": "connection_ack" })).await?;
