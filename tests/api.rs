@@ -443,6 +443,16 @@ async fn http_rules_media_types_get_mutations_and_body_cap() {
         "{body}"
     );
 
+    // The same cap holds for a WebSocket message: 1009.
+    let mut ws = Raw::init(&server, json!({})).await;
+    ws.send(subscribe(
+        "big",
+        SUBMIT,
+        json!({ "i": { "source": "#".repeat(8000) } }),
+    ))
+    .await;
+    assert_eq!(ws.closed().await.0, 1009);
+
     // Depth limit.
     let nested = format!(
         "{{ __schema {{ types {{ fields {{ type {{ {} name {} }} }} }} }} }}",
@@ -577,6 +587,22 @@ async fn api_keys_authenticate_and_submissions_belong_to_their_key() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[tokio::test]
+async fn introspection_can_be_switched_off() {
+    let server = standalone(&["--no-introspection"]);
+    let (status, _, body) = post(
+        &server,
+        None,
+        json!({ "query": "{ __schema { types { name } } }" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // async-graphql answers a disabled introspection with null, not an error.
+    assert_eq!(body, json!({ "data": { "__schema": null } }));
+    let (_, _, body) = post(&server, None, json!({ "query": "{ languages { id } }" })).await;
+    assert!(body["data"]["languages"].is_array(), "{body}");
+}
+
 #[test]
 fn non_loopback_listen_without_keys_is_refused() {
     let out = Command::new(bin())
@@ -598,7 +624,14 @@ async fn submits_over_the_rate_are_rate_limited_with_a_retry_hint() {
         let body = submit_as(&server, None, "print(1)").await;
         assert_eq!(body["data"]["submit"]["status"], "QUEUED", "{body}");
     }
-    let body = submit_as(&server, None, "print(1)").await;
+    let (_, headers, body) = post(
+        &server,
+        None,
+        json!({ "query": SUBMIT, "variables": { "i": { "language": "python3", "source": "print(1)" } } }),
+    )
+    .await;
+    let secs: u64 = headers["retry-after"].parse().unwrap();
+    assert!((1..=60).contains(&secs), "Retry-After: {secs}");
     let error = &body["errors"][0];
     assert_eq!(error["extensions"]["code"], "RATE_LIMITED", "{body}");
     assert!(

@@ -379,7 +379,26 @@ impl Extension for GuardExtension {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> async_graphql::Response {
-        let response = next.run(ctx, operation_name).await;
+        let mut response = next.run(ctx, operation_name).await;
+        // Over HTTP, a refused submit also gets the standard Retry-After header.
+        let retry_after = response.errors.iter().find_map(|e| {
+            let ext = e.extensions.as_ref()?;
+            match (ext.get("code"), ext.get("retryAfter")) {
+                (Some(Value::String(code)), Some(Value::Number(secs)))
+                    if code == "RATE_LIMITED" =>
+                {
+                    secs.as_u64()
+                }
+                _ => None,
+            }
+        });
+        if let Some(secs) = retry_after {
+            if let Ok(value) = secs.to_string().parse() {
+                response
+                    .http_headers
+                    .insert(axum::http::header::RETRY_AFTER, value);
+            }
+        }
         let op = *self.operation.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = if response.errors.is_empty() {
             Outcome::Ok
