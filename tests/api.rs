@@ -742,6 +742,10 @@ async fn metrics_parse_and_move_with_submissions() {
         delta("verdict_graphql_requests_total{operation=\"mutation\",outcome=\"ok\"}"),
         3.0
     );
+    assert_eq!(
+        delta("verdict_submissions_by_language_total{language=\"python3\"}"),
+        3.0
+    );
     assert_eq!(after["verdict_websockets_open"], 1.0);
     assert!(after["verdict_submit_seconds_sum"] > 0.0);
     assert_eq!(after["verdict_submit_seconds_bucket{le=\"+Inf\"}"], 3.0);

@@ -335,6 +335,7 @@ impl ExtensionFactory for Guard {
             access: Arc::clone(&self.access),
             metrics: Arc::clone(&self.metrics),
             operation: Mutex::new(None),
+            short_strings: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -343,6 +344,44 @@ struct GuardExtension {
     access: Arc<Access>,
     metrics: Arc<Metrics>,
     operation: Mutex<Option<Operation>>,
+    /// Short string variables (and `language` inside object variables), so that a
+    /// submit's language can be read for /metrics without cloning large variables.
+    short_strings: Mutex<HashMap<String, String>>,
+}
+
+/// Longest variable kept for [`GuardExtension::short_strings`] (language ids are short).
+const SHORT: usize = 64;
+
+impl GuardExtension {
+    /// The language of a `submit(input: ...)` field, from a literal or variables.
+    fn submit_language(&self, field: &async_graphql::parser::types::Field) -> Option<String> {
+        use async_graphql::{Name, Value};
+        let strings = self.short_strings.lock().unwrap_or_else(|p| p.into_inner());
+        // Resolve variables from what parse_query kept: a short string, or an input
+        // object's `language`.
+        let lookup = |name: Name| -> Result<Value, ()> {
+            if let Some(s) = strings.get(name.as_str()) {
+                return Ok(Value::String(s.clone()));
+            }
+            let mut object = async_graphql::indexmap::IndexMap::new();
+            if let Some(s) = strings.get(&format!("{name}.language")) {
+                object.insert(Name::new("language"), Value::String(s.clone()));
+            }
+            Ok(Value::Object(object))
+        };
+        let input = field
+            .get_argument("input")?
+            .node
+            .clone()
+            .into_const_with(lookup);
+        match input.ok()? {
+            Value::Object(input) => match input.get("language")? {
+                Value::String(s) => Some(s.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 fn operation_of(doc: &ExecutableDocument, name: Option<&str>) -> Option<Operation> {
@@ -368,6 +407,24 @@ impl Extension for GuardExtension {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let doc = next.run(ctx, query, variables).await?;
+        {
+            let mut strings = self.short_strings.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, value) in variables.iter() {
+                match value {
+                    async_graphql::Value::String(s) if s.len() <= SHORT => {
+                        strings.insert(name.to_string(), s.clone());
+                    }
+                    async_graphql::Value::Object(obj) => {
+                        if let Some(async_graphql::Value::String(s)) = obj.get("language") {
+                            if s.len() <= SHORT {
+                                strings.insert(format!("{name}.language"), s.clone());
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
         // The operation name is not passed here; the first operation is a fine label.
         *self.operation.lock().unwrap_or_else(|p| p.into_inner()) = operation_of(&doc, None);
         Ok(doc)
@@ -435,9 +492,14 @@ impl Extension for GuardExtension {
             )];
             return Err(err);
         }
+        let language = self.submit_language(info.field);
         let started = Instant::now();
         let result = next.run(ctx, info).await;
         self.metrics.submit_latency(started.elapsed());
+        if let (Ok(_), Some(language)) = (&result, language) {
+            // Only accepted submits count, so the label is a catalogue language.
+            self.metrics.submitted_in(&language);
+        }
         result
     }
 }

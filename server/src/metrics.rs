@@ -1,8 +1,9 @@
 //! Prometheus counters, kept as plain atomics: cheap on the hot path, rendered on scrape.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A GraphQL operation type, for request counts.
@@ -67,6 +68,7 @@ pub struct Metrics {
     submit_buckets: [AtomicU64; SUBMIT_BUCKETS.len()],
     submit_count: AtomicU64,
     submit_sum_us: AtomicU64,
+    by_language: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The close codes counted in `verdict_ws_closed_total`; anything else is "other".
@@ -124,6 +126,12 @@ impl Metrics {
 
     pub fn rate_limited(&self) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An accepted submission in `language` (a catalogue id: validated before counting).
+    pub fn submitted_in(&self, language: &str) {
+        let mut map = self.by_language.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(language.to_owned()).or_insert(0) += 1;
     }
 
     /// Time spent in the `submit` resolver (validation, store, enqueue).
@@ -200,6 +208,22 @@ impl Metrics {
             get(&self.rate_limited),
         );
 
+        let _ = writeln!(
+            out,
+            "# HELP verdict_submissions_by_language_total Submissions accepted by this server, by language.\n\
+             # TYPE verdict_submissions_by_language_total counter"
+        );
+        for (language, n) in self
+            .by_language
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "verdict_submissions_by_language_total{{language=\"{language}\"}} {n}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP verdict_graphql_requests_total GraphQL operations executed, by type and outcome.\n\
