@@ -95,6 +95,9 @@ impl Close {
     }
 }
 
+/// The peer went away without a close frame (reserved: never sent on the wire).
+const ABNORMAL: u16 = 1006;
+
 /// A close reason must fit a control frame: 125 bytes minus the 2-byte code.
 const MAX_REASON: usize = 123;
 
@@ -132,8 +135,12 @@ pub async fn serve(mut socket: WebSocket, protocol: Option<Protocol>, conn: Conn
         key_slot: None,
     };
     let result = state.run(&mut socket).await;
-    if let Err(Close(code, reason)) = result {
-        close(&mut socket, &state.conn.metrics, code, &reason).await;
+    match result {
+        // 1006 is never sent (it means "no close frame"): the peer is gone already.
+        Err(Close(code, reason)) if code != ABNORMAL => {
+            close(&mut socket, &state.conn.metrics, code, &reason).await;
+        }
+        _ => {}
     }
 }
 
@@ -394,7 +401,7 @@ async fn send(socket: &mut WebSocket, frame: &Value) -> Result<(), Close> {
     socket
         .send(Message::Text(Utf8Bytes::from(frame.to_string())))
         .await
-        .map_err(|_| Close::new(1006, ""))
+        .map_err(|_| Close::new(ABNORMAL, ""))
 }
 
 /// A response to a request that never executed: parse, validation or variable errors
