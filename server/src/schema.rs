@@ -591,8 +591,8 @@ impl SubscriptionRoot {
         let shutdown = s.shutdown.clone().cancelled_owned();
         Ok(events
             .filter(move |item| {
-                let keep = output
-                    || !matches!(item, Ok(e) if matches!(e.kind, EventKind::Output { .. }));
+                let keep =
+                    output || !matches!(item, Ok(e) if matches!(e.kind, EventKind::Output { .. }));
                 std::future::ready(keep)
             })
             .map(move |item| {
