@@ -494,3 +494,79 @@ async fn stats_show_live_workers_and_readyz_follows_redis() {
         asked.elapsed()
     );
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_neither_grows_the_server_nor_slows_others() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let (url, ns) = (redis_url(), namespace());
+    let server = server(bin(), &url, &ns);
+    let _w = worker_with(&url, &ns, 2, &[]);
+    // ~48 MB of live output over a few seconds.
+    let flood = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(48 * 1024):\n    sys.stdout.write(line)\n";
+    let id = submit(
+        &server.http(),
+        json!({ "language": "python3", "source": flood, "limits": { "outputBytes": 64 << 20, "wallTimeMs": 20000 } }),
+    )
+    .await;
+    let mut request = server.ws("/graphql").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut stalled, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    stalled
+        .send(Message::text(
+            json!({ "type": "connection_init" }).to_string(),
+        ))
+        .await
+        .unwrap();
+    let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": EVENTS, "variables": { "id": id } } });
+    stalled
+        .send(Message::text(subscribe.to_string()))
+        .await
+        .unwrap();
+    let before = rss_kb(server.proc.pid());
+    // Meanwhile another client's submission runs and is delivered promptly.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Instant::now();
+    let other = submit(
+        &server.http(),
+        json!({ "language": "bash", "source": "echo other" }),
+    )
+    .await;
+    let mut ws = WsClient::connect(&server.ws("/graphql")).await;
+    let events = ws.events(&other, None).await;
+    assert_eq!(
+        check_event_order(&events, false)["tests"][0]["stdout"],
+        "other\n"
+    );
+    let other_took = start.elapsed();
+    // Let the flood finish while the stalled client reads nothing; wait on a subscription
+    // without live output (polling the record would itself load 24 MB per poll).
+    let quiet =
+        "subscription($id: ID!) { submissionEvents(id: $id, output: false) { __typename seq } }";
+    let op = ws.subscribe(quiet, json!({ "id": id })).await;
+    let (_, completed) = ws.collect(&op, usize::MAX, Duration::from_secs(60)).await;
+    assert!(completed);
+    let after = rss_kb(server.proc.pid());
+    println!(
+        "stalled subscriber: server RSS {before} KiB -> {after} KiB (+{} KiB) while 48 MiB of output streamed; another submission took {other_took:?}",
+        after.saturating_sub(before)
+    );
+    // Bounded by the hub's per-submission ring (HUB_CAPACITY events), not by the output:
+    // measured +23 MiB for 24 MiB and for 48 MiB streamed.
+    assert!(
+        after.saturating_sub(before) < 40 * 1024,
+        "server memory grew by {} KiB",
+        after.saturating_sub(before)
+    );
+    assert!(other_took < Duration::from_secs(5));
+    drop(stalled);
+}

@@ -9,6 +9,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::types::Event;
 
+/// Live events kept per watched submission for slow local subscribers. Small on purpose:
+/// a subscriber that falls further behind gets `Resync` and re-reads the log page by
+/// page, so a stalled WebSocket never pins more than this many events in memory.
+pub(crate) const HUB_CAPACITY: usize = 128;
+
 /// What a local subscriber receives.
 #[derive(Debug, Clone)]
 pub enum Signal {

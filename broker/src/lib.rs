@@ -78,8 +78,9 @@ pub trait Broker: Send + Sync + 'static {
     /// before. `None` when another writer (a cancel, a duplicate run) won.
     async fn finish(&self, submission: &Submission) -> Result<Option<Event>>;
 
-    /// The logged events with `seq > after`, in order.
-    async fn events_after(&self, id: &str, after: u64) -> Result<Vec<Event>>;
+    /// At most `limit` logged events with `seq > after`, in order. Paged so a subscriber
+    /// catching up on a huge log never holds all of it at once.
+    async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>>;
 
     /// Joins the live feed of `id`. Anything published after this returns is delivered.
     async fn subscribe(&self, id: &str) -> Result<LiveEvents>;

@@ -11,7 +11,7 @@ use chrono::Utc;
 use tokio::sync::Notify;
 
 use crate::error::{BrokerError, Result};
-use crate::hub::{Hub, LiveEvents};
+use crate::hub::{Hub, LiveEvents, HUB_CAPACITY};
 use crate::types::{Event, EventKind, Job, Status, Submission};
 use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
 
@@ -53,7 +53,7 @@ impl MemoryBroker {
         Arc::new(MemoryBroker {
             state: Mutex::new(State::default()),
             jobs: Notify::new(),
-            hub: Hub::new(1024, None),
+            hub: Hub::new(HUB_CAPACITY, None),
             settings,
         })
     }
@@ -166,7 +166,7 @@ impl Broker for MemoryBroker {
             let event = self.append(
                 record,
                 EventKind::Finished {
-                    submission: Box::new(last.clone()),
+                    submission: Box::new(last.for_event()),
                 },
             );
             record.submission = last;
@@ -176,7 +176,7 @@ impl Broker for MemoryBroker {
         Ok(Some(event))
     }
 
-    async fn events_after(&self, id: &str, after: u64) -> Result<Vec<Event>> {
+    async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
         let state = self.state();
         Ok(state
             .records
@@ -185,6 +185,7 @@ impl Broker for MemoryBroker {
                 r.log
                     .iter()
                     .skip(usize::try_from(after).unwrap_or(usize::MAX))
+                    .take(limit)
                     .cloned()
                     .collect()
             })

@@ -26,7 +26,7 @@ use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::{mpsc, OnceCell};
 
 use crate::error::{BrokerError, Result};
-use crate::hub::{Control, Hub, LiveEvents};
+use crate::hub::{Control, Hub, LiveEvents, HUB_CAPACITY};
 use crate::types::{Event, EventKind, Job, Submission};
 use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
 
@@ -167,7 +167,7 @@ impl RedisBroker {
             ns: settings.namespace.clone(),
         };
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let hub = Hub::new(1024, Some(control_tx));
+        let hub = Hub::new(HUB_CAPACITY, Some(control_tx));
         let broker = Arc::new(RedisBroker {
             client,
             subscriber,
@@ -521,7 +521,7 @@ impl Broker for RedisBroker {
             submission_id: id.clone(),
             at: Utc::now(),
             kind: EventKind::Finished {
-                submission: Box::new(last),
+                submission: Box::new(last.for_event()),
             },
         };
         let seq: i64 = self
@@ -547,9 +547,10 @@ impl Broker for RedisBroker {
         }
     }
 
-    async fn events_after(&self, id: &str, after: u64) -> Result<Vec<Event>> {
+    async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
         let start = i64::try_from(after).unwrap_or(i64::MAX);
-        let raw: Vec<String> = self.client.lrange(self.names.log(id), start, -1).await?;
+        let stop = start.saturating_add(i64::try_from(limit.max(1)).unwrap_or(i64::MAX) - 1);
+        let raw: Vec<String> = self.client.lrange(self.names.log(id), start, stop).await?;
         raw.iter()
             .map(|s| serde_json::from_str(s).map_err(BrokerError::from))
             .collect()

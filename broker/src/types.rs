@@ -114,6 +114,37 @@ pub struct TestResult {
     pub truncated: bool,
 }
 
+/// Most bytes of each output stream carried inside one event (TestFinishedEvent,
+/// FinishedEvent). Events are fanned out to every subscriber and kept in the log; large
+/// outputs are read once from the record instead.
+pub const EVENT_OUTPUT_CAP: usize = 1024 * 1024;
+
+fn cap_text(text: &str) -> (String, bool) {
+    if text.len() <= EVENT_OUTPUT_CAP {
+        return (text.to_owned(), false);
+    }
+    let cut = (0..=EVENT_OUTPUT_CAP)
+        .rev()
+        .find(|&k| text.is_char_boundary(k))
+        .unwrap_or(0);
+    (text[..cut].to_owned(), true)
+}
+
+impl TestResult {
+    /// This result with stdout and stderr cut to [`EVENT_OUTPUT_CAP`]; `truncated` is set
+    /// when anything was cut.
+    pub fn for_event(&self) -> TestResult {
+        let (stdout, a) = cap_text(&self.stdout);
+        let (stderr, b) = cap_text(&self.stderr);
+        TestResult {
+            stdout,
+            stderr,
+            truncated: self.truncated || a || b,
+            ..self.clone()
+        }
+    }
+}
+
 /// The public record of a submission, as `submission(id)` and FinishedEvent show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Submission {
@@ -161,6 +192,17 @@ impl Submission {
             message: None,
             compile_cached: false,
         }
+    }
+
+    /// The copy that travels in FinishedEvent: each test's stdout and stderr cut to
+    /// [`EVENT_OUTPUT_CAP`], so events stay small however large the output limit; the
+    /// record (`submission(id)`) keeps all of it.
+    pub fn for_event(&self) -> Submission {
+        let mut copy = self.clone();
+        for test in &mut copy.tests {
+            *test = test.for_event();
+        }
+        copy
     }
 
     /// Marks the record finished with `verdict`, filling the aggregate time and memory.

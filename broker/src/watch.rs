@@ -22,6 +22,9 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event>> + Send>>;
 /// cheap guard against a publish lost in a way no signal reported.
 const QUIET_RECHECK: Duration = Duration::from_secs(15);
 
+/// Events read from the log at once: bounds a catching-up subscriber's memory.
+const PAGE: usize = 256;
+
 struct State {
     broker: Arc<dyn Broker>,
     id: String,
@@ -29,11 +32,19 @@ struct State {
     buffer: VecDeque<Event>,
     last: u64,
     done: bool,
+    /// The last log read filled a page: there may be more to read before waiting live.
+    more: bool,
 }
 
 impl State {
     async fn refill(&mut self) -> Result<()> {
-        let events = self.broker.events_after(&self.id, self.last).await?;
+        // Start after what is buffered already, so pages never overlap.
+        let from = self
+            .buffer
+            .back()
+            .map_or(self.last, |e| e.seq.max(self.last));
+        let events = self.broker.events_after(&self.id, from, PAGE).await?;
+        self.more = events.len() == PAGE;
         self.buffer.extend(events);
         Ok(())
     }
@@ -74,6 +85,11 @@ impl State {
                     return Some(Ok(event));
                 }
             }
+            if self.more {
+                // Catching up on a long log, one page at a time.
+                self.refill_retrying().await;
+                continue;
+            }
             match tokio::time::timeout(QUIET_RECHECK, self.live.recv()).await {
                 Ok(Some(Signal::Event(event))) => self.buffer.push_back(Event::clone(&event)),
                 Ok(Some(Signal::Resync)) | Err(_) => self.refill_retrying().await,
@@ -98,6 +114,7 @@ pub async fn watch(broker: Arc<dyn Broker>, id: &str, after_seq: u64) -> Result<
         buffer: VecDeque::new(),
         last: after_seq,
         done: false,
+        more: false,
     };
     state.refill().await?;
     Ok(Box::pin(futures_util::stream::unfold(

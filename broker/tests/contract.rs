@@ -121,7 +121,7 @@ async fn submit_queues_and_logs_seq_1(broker: SharedBroker) {
         .expect("exists");
     assert_eq!(record.status, Status::Queued);
     let log = broker
-        .events_after(&job.submission.id, 0)
+        .events_after(&job.submission.id, 0, usize::MAX)
         .await
         .expect("log");
     assert_eq!(log, vec![event]);
@@ -179,14 +179,21 @@ async fn seq_increases_and_first_finish_wins(broker: SharedBroker) {
         (Status::Finished, Some(Verdict::Accepted))
     );
     let seqs: Vec<u64> = broker
-        .events_after(id, 0)
+        .events_after(id, 0, usize::MAX)
         .await
         .expect("log")
         .iter()
         .map(|e| e.seq)
         .collect();
     assert_eq!(seqs, vec![1, 2, 3]);
-    assert_eq!(broker.events_after(id, 2).await.expect("log").len(), 1);
+    assert_eq!(
+        broker
+            .events_after(id, 2, usize::MAX)
+            .await
+            .expect("log")
+            .len(),
+        1
+    );
 }
 
 async fn late_watcher_gets_replay_then_end(broker: SharedBroker) {
@@ -375,5 +382,43 @@ async fn full_queue_is_refused_on_both_backends() {
             broker.submit(&job("3")).await,
             Err(BrokerError::QueueFull(2))
         ));
+    }
+}
+
+#[tokio::test]
+async fn a_long_log_is_replayed_in_pages_without_gaps() {
+    for broker in [memory_broker().await, redis_broker().await] {
+        let job = job("print(1)");
+        broker.submit(&job).await.expect("submit");
+        let id = job.submission.id.clone();
+        for k in 0..1000 {
+            let chunk = format!("{k}\n");
+            broker
+                .publish(
+                    &id,
+                    EventKind::Output {
+                        test: 1,
+                        stream: Stream::Stdout,
+                        chunk,
+                    },
+                )
+                .await
+                .expect("publish");
+        }
+        broker
+            .finish(&finished(&job, Verdict::Accepted))
+            .await
+            .expect("finish");
+        assert_eq!(
+            broker.events_after(&id, 10, 5).await.expect("page").len(),
+            5
+        );
+        let seqs: Vec<u64> = watch(Arc::clone(&broker), &id, 0)
+            .await
+            .expect("watch")
+            .map(|e| e.expect("event").seq)
+            .collect()
+            .await;
+        assert_eq!(seqs, (1..=1002).collect::<Vec<u64>>());
     }
 }

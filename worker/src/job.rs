@@ -356,7 +356,7 @@ impl Worker {
                 .publish(
                     id,
                     EventKind::TestFinished {
-                        result: result.clone(),
+                        result: result.for_event(),
                     },
                 )
                 .await?;
