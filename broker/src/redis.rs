@@ -299,6 +299,38 @@ async fn message_loop(subscriber: SubscriberClient, hub: Arc<Hub>) {
 }
 
 impl RedisBroker {
+    /// Runs an event-writing script (publish or finish): it assigns the seq, appends to
+    /// the log and publishes, atomically. `extra` is the script's third argument (the new
+    /// status, or the final record). `None` when the submission already finished.
+    async fn append_event(
+        &self,
+        script: &Script,
+        mut event: Event,
+        extra: String,
+    ) -> Result<Option<Event>> {
+        let id = event.submission_id.clone();
+        let seq: i64 = script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.names.record(&id), self.names.log(&id)],
+                vec![
+                    Self::placeholder(&event)?,
+                    self.names.channel(&id),
+                    extra,
+                    self.ttl_secs(),
+                ],
+            )
+            .await?;
+        match seq {
+            -1 => Err(BrokerError::NotFound(id)),
+            0 => Ok(None),
+            n => {
+                event.seq = n.unsigned_abs();
+                Ok(Some(event))
+            }
+        }
+    }
+
     /// Hands out an expired lease first (its worker is presumed dead), else a new job.
     async fn take_job(&self, consumer: &str, wait: Duration) -> Result<Option<Delivery>> {
         if let Some(delivery) = self.reclaim(consumer).await? {
@@ -482,33 +514,13 @@ impl Broker for RedisBroker {
                 .to_owned(),
             None => String::new(),
         };
-        let mut event = Event {
+        let event = Event {
             seq: 0,
             submission_id: id.to_owned(),
             at: Utc::now(),
             kind,
         };
-        let seq: i64 = self
-            .publish_script
-            .evalsha_with_reload(
-                &self.client,
-                vec![self.names.record(id), self.names.log(id)],
-                vec![
-                    Self::placeholder(&event)?,
-                    self.names.channel(id),
-                    status,
-                    self.ttl_secs(),
-                ],
-            )
-            .await?;
-        match seq {
-            -1 => Err(BrokerError::NotFound(id.to_owned())),
-            0 => Ok(None),
-            n => {
-                event.seq = n.unsigned_abs();
-                Ok(Some(event))
-            }
-        }
+        self.append_event(&self.publish_script, event, status).await
     }
 
     async fn finish(&self, submission: &Submission) -> Result<Option<Event>> {
@@ -516,7 +528,7 @@ impl Broker for RedisBroker {
         let mut last = submission.clone();
         last.status = crate::types::Status::Finished;
         let record = serde_json::to_string(&last)?;
-        let mut event = Event {
+        let event = Event {
             seq: 0,
             submission_id: id.clone(),
             at: Utc::now(),
@@ -524,27 +536,7 @@ impl Broker for RedisBroker {
                 submission: Box::new(last.for_event()),
             },
         };
-        let seq: i64 = self
-            .finish_script
-            .evalsha_with_reload(
-                &self.client,
-                vec![self.names.record(id), self.names.log(id)],
-                vec![
-                    Self::placeholder(&event)?,
-                    self.names.channel(id),
-                    record,
-                    self.ttl_secs(),
-                ],
-            )
-            .await?;
-        match seq {
-            -1 => Err(BrokerError::NotFound(id.clone())),
-            0 => Ok(None),
-            n => {
-                event.seq = n.unsigned_abs();
-                Ok(Some(event))
-            }
-        }
+        self.append_event(&self.finish_script, event, record).await
     }
 
     async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {

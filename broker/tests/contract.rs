@@ -1,72 +1,17 @@
 //! The broker contract, run unchanged against both backends: the embedded one and a real
-//! Redis (`REDIS_URL`, or a private `redis-server` this test starts on a free port).
+//! Redis (`REDIS_URL`, or a private `redis-server` testkit starts on a free port).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use verdict_broker::*;
-
-struct RedisServer {
-    url: String,
-    _child: Option<ChildGuard>,
-}
-
-struct ChildGuard(Child);
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One Redis per test binary: `REDIS_URL` when set, else a private server.
-fn redis_url() -> &'static str {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    &SERVER
-        .get_or_init(|| {
-            if let Ok(url) = std::env::var("REDIS_URL") {
-                return RedisServer { url, _child: None };
-            }
-            let port = TcpListener::bind("127.0.0.1:0")
-                .expect("free port")
-                .local_addr()
-                .expect("addr")
-                .port();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (scripts/test installs it)");
-            for _ in 0..200 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            RedisServer {
-                url: format!("redis://127.0.0.1:{port}"),
-                _child: Some(ChildGuard(child)),
-            }
-        })
-        .url
-}
+use verdict_testkit::{namespace, redis_url};
 
 async fn redis_broker() -> SharedBroker {
     let settings = RedisSettings {
-        url: redis_url().to_owned(),
-        namespace: format!("test-{}", uuid::Uuid::new_v4()),
+        url: redis_url(),
+        namespace: namespace(),
         broker: BrokerSettings::default(),
     };
     RedisBroker::connect(settings)
@@ -369,8 +314,8 @@ async fn full_queue_is_refused_on_both_backends() {
     };
     let memory: SharedBroker = MemoryBroker::new(settings.clone());
     let redis: SharedBroker = RedisBroker::connect(RedisSettings {
-        url: redis_url().to_owned(),
-        namespace: format!("test-{}", uuid::Uuid::new_v4()),
+        url: redis_url(),
+        namespace: namespace(),
         broker: settings,
     })
     .await
