@@ -270,7 +270,25 @@ async fn ten_megabyte_expected_output_is_compared() {
         let events = events_of(&server, &id, QUIET).await;
         let s = &events.last().unwrap()["submission"];
         assert_eq!(s["tests"][0]["verdict"], "ACCEPTED", "{mode}: {s}");
-        assert_eq!(s["tests"][0]["truncated"], false, "{mode}");
+        // The event carries at most 1 MiB of stdout (flagged truncated); the record has it
+        // all, and nothing was cut by the output limit.
+        assert_eq!(
+            s["tests"][0]["truncated"], true,
+            "{mode}: event copy is capped"
+        );
+        let record = graphql(
+            &server.http(),
+            "query($id: ID!) { submission(id: $id) { tests { truncated stdout } } }",
+            json!({ "id": id }),
+        )
+        .await;
+        let full = &record["data"]["submission"]["tests"][0];
+        assert_eq!(full["truncated"], false, "{mode}");
+        assert_eq!(
+            full["stdout"].as_str().map(str::len),
+            Some(expected.len()),
+            "{mode}"
+        );
         assert_eq!(s["tests"][1]["verdict"], "WRONG_ANSWER", "{mode}: {s}");
         assert_eq!(s["verdict"], "WRONG_ANSWER");
     }
