@@ -61,6 +61,10 @@ struct BrokerArgs {
     /// to another worker.
     #[arg(long, env = "VERDICT_VISIBILITY_TIMEOUT_MS", default_value_t = 10_000)]
     visibility_timeout_ms: u64,
+    /// Unfinished (queued or running) submissions one API key may have at once; 0 = no
+    /// limit. Shared by all servers through Redis. Open APIs (no keys) are not counted.
+    #[arg(long, env = "VERDICT_MAX_UNFINISHED_PER_KEY", default_value_t = 32)]
+    max_unfinished_per_key: u64,
 }
 
 /// How a worker handles shutdown and crashes.
@@ -360,6 +364,7 @@ fn settings(args: &BrokerArgs) -> BrokerSettings {
         ttl: Duration::from_secs(args.submission_ttl.max(1)),
         max_queue: args.max_queue,
         visibility_timeout: Duration::from_millis(args.visibility_timeout_ms.max(100)),
+        max_unfinished_per_owner: args.max_unfinished_per_key,
     }
 }
 

@@ -750,3 +750,69 @@ async fn metrics_parse_and_move_with_submissions() {
     assert!(after["verdict_submit_seconds_sum"] > 0.0);
     assert_eq!(after["verdict_submit_seconds_bucket{le=\"+Inf\"}"], 3.0);
 }
+
+#[tokio::test]
+async fn unfinished_submissions_per_key_are_capped_across_servers() {
+    let (url, ns) = (verdict_testkit::redis_url(), verdict_testkit::namespace());
+    let dir = std::env::temp_dir().join(format!("verdict-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys");
+    let keys = format!(
+        "alice:{}\nbob:{}\n",
+        sha256_hex("key-alice"),
+        sha256_hex("key-bob")
+    );
+    std::fs::write(&file, keys).unwrap();
+    let server = |_: u8| {
+        spawn(
+            &["server", "--redis-url", &url],
+            &[
+                "--api-keys",
+                file.to_str().unwrap(),
+                "--max-unfinished-per-key",
+                "2",
+            ],
+            &[("VERDICT_REDIS_NAMESPACE", &ns)],
+        )
+    };
+    let (a, b) = (server(1), server(2));
+    // No worker yet: submissions stay unfinished.
+    for s in [&a, &b] {
+        let body = submit_as(s, Some("key-alice"), "print(1)").await;
+        assert_eq!(body["data"]["submit"]["status"], "QUEUED", "{body}");
+    }
+    let body = submit_as(&a, Some("key-alice"), "print(1)").await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{body}"
+    );
+    let body = submit_as(&b, Some("key-bob"), "print(1)").await;
+    assert_eq!(
+        body["data"]["submit"]["status"], "QUEUED",
+        "another key is not affected: {body}"
+    );
+    // Once a worker finishes them, alice may submit again; verdicts show in /metrics.
+    let _w = verdict_testkit::worker(bin(), &url, &ns, 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = submit_as(&a, Some("key-alice"), "print(2)").await;
+        if body["data"]["submit"]["status"] == "QUEUED" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "quota never freed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", b.port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("verdict_verdicts_total{verdict=\"ACCEPTED\"}"),
+        "{text}"
+    );
+}

@@ -15,6 +15,9 @@ pub enum BrokerError {
     /// The queue is at its configured maximum.
     #[error("the queue is full ({0} jobs waiting)")]
     QueueFull(u64),
+    /// The submission's owner already has this many unfinished submissions (its quota).
+    #[error("{0} unfinished submissions already; wait for one to finish")]
+    OwnerBusy(u64),
     /// Redis is not connected right now (reconnecting); fail fast instead of queueing.
     #[error("redis is not connected")]
     Unavailable,

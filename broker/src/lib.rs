@@ -47,6 +47,9 @@ pub struct BrokerSettings {
     /// A delivered job whose lease was not renewed for this long is given to another
     /// worker (its worker is presumed dead).
     pub visibility_timeout: Duration,
+    /// Unfinished (queued or running) submissions one API key may have at once; 0 = no
+    /// limit. Submissions without an owner are not counted.
+    pub max_unfinished_per_owner: u64,
 }
 
 impl Default for BrokerSettings {
@@ -55,6 +58,7 @@ impl Default for BrokerSettings {
             ttl: Duration::from_secs(24 * 3600),
             max_queue: 10_000,
             visibility_timeout: Duration::from_secs(10),
+            max_unfinished_per_owner: 0,
         }
     }
 }
@@ -130,6 +134,8 @@ pub struct QueueStats {
     pub pending: u64,
     /// Workers with a heartbeat in the last 30 s.
     pub workers: Vec<WorkerInfo>,
+    /// Finished submissions by verdict (`ACCEPTED`, ...), since the broker's data began.
+    pub verdicts: Vec<(String, u64)>,
 }
 
 /// Heartbeats older than this mean the worker is gone.

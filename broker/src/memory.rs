@@ -37,6 +37,10 @@ struct State {
     next_delivery: u64,
     last_sweep: Option<Instant>,
     workers: HashMap<String, WorkerInfo>,
+    /// Unfinished submissions per owner (the per-key quota).
+    unfinished: HashMap<String, u64>,
+    /// Finished submissions by verdict.
+    verdicts: HashMap<String, u64>,
 }
 
 /// In-process broker with Redis' semantics.
@@ -103,6 +107,14 @@ impl Broker for MemoryBroker {
             if self.settings.max_queue > 0 && waiting >= self.settings.max_queue {
                 return Err(BrokerError::QueueFull(waiting));
             }
+            if let Some(owner) = &job.submission.owner {
+                let cap = self.settings.max_unfinished_per_owner;
+                let busy = state.unfinished.entry(owner.clone()).or_default();
+                if cap > 0 && *busy >= cap {
+                    return Err(BrokerError::OwnerBusy(*busy));
+                }
+                *busy += 1;
+            }
             let mut record = Record {
                 submission: job.submission.clone(),
                 seq: 0,
@@ -153,14 +165,32 @@ impl Broker for MemoryBroker {
 
     async fn finish(&self, submission: &Submission) -> Result<Option<Event>> {
         let event = {
-            let mut state = self.state();
-            let Some(record) = state.records.get_mut(&submission.id) else {
+            let mut guard = self.state();
+            let State {
+                records,
+                unfinished,
+                verdicts,
+                ..
+            } = &mut *guard;
+            let Some(record) = records.get_mut(&submission.id) else {
                 return Err(BrokerError::NotFound(submission.id.clone()));
             };
             if record.done {
                 return Ok(None);
             }
             record.done = true;
+            if let Some(owner) = &record.submission.owner {
+                if let Some(busy) = unfinished.get_mut(owner) {
+                    *busy = busy.saturating_sub(1);
+                }
+            }
+            if let Some(verdict) = submission.verdict {
+                let name = serde_json::to_value(verdict)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                *verdicts.entry(name).or_default() += 1;
+            }
             let mut last = submission.clone();
             last.status = Status::Finished;
             let event = self.append(
@@ -285,10 +315,17 @@ impl Broker for MemoryBroker {
         state.workers.retain(|_, w| w.last_heartbeat >= cutoff);
         let mut workers: Vec<WorkerInfo> = state.workers.values().cloned().collect();
         workers.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut verdicts: Vec<(String, u64)> = state
+            .verdicts
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        verdicts.sort();
         Ok(QueueStats {
             waiting: state.queue.len() as u64,
             pending: state.in_flight.len() as u64,
             workers,
+            verdicts,
         })
     }
 

@@ -57,13 +57,27 @@ impl Names {
     fn workers(&self) -> String {
         format!("{}:workers", self.ns)
     }
+    /// Unfinished submissions of one API key (the per-key quota's counter).
+    fn unfinished(&self, owner: Option<&str>) -> String {
+        format!("{}:unfinished:{}", self.ns, owner.unwrap_or("-"))
+    }
+    /// Finished submissions by verdict, for metrics.
+    fn verdicts(&self) -> String {
+        format!("{}:verdicts", self.ns)
+    }
 }
 
 const SUBMIT_LUA: &str = r#"
 local max = tonumber(ARGV[6])
 local pending = redis.call('XPENDING', KEYS[3], ARGV[7])[1]
 local waiting = redis.call('XLEN', KEYS[3]) - pending
-if max > 0 and waiting >= max then return -waiting - 1 end
+if max > 0 and waiting >= max then return {1, waiting} end
+if ARGV[9] == '1' then
+  local busy = tonumber(redis.call('GET', KEYS[4]) or '0')
+  local cap = tonumber(ARGV[8])
+  if cap > 0 and busy >= cap then return {2, busy} end
+  redis.call('INCR', KEYS[4])
+end
 local position = waiting + 1
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'QUEUED', 'seq', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -72,7 +86,7 @@ redis.call('RPUSH', KEYS[2], ev)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[5])
 redis.call('PUBLISH', ARGV[3], ev)
-return position
+return {0, position}
 "#;
 
 /// Renews a lease only if this consumer still holds it (XCLAIM alone would steal it back
@@ -104,6 +118,10 @@ local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local ev = '{"seq":' .. seq .. string.sub(ARGV[1], 9)
 redis.call('RPUSH', KEYS[2], ev)
 redis.call('HSET', KEYS[1], 'record', ARGV[3], 'status', 'FINISHED')
+if ARGV[6] == '1' then
+  if redis.call('DECR', KEYS[3]) <= 0 then redis.call('DEL', KEYS[3]) end
+end
+redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[2], ev)
@@ -307,20 +325,20 @@ impl RedisBroker {
         script: &Script,
         mut event: Event,
         extra: String,
+        more_keys: Vec<String>,
+        more_args: Vec<String>,
     ) -> Result<Option<Event>> {
         let id = event.submission_id.clone();
-        let seq: i64 = script
-            .evalsha_with_reload(
-                &self.client,
-                vec![self.names.record(&id), self.names.log(&id)],
-                vec![
-                    Self::placeholder(&event)?,
-                    self.names.channel(&id),
-                    extra,
-                    self.ttl_secs(),
-                ],
-            )
-            .await?;
+        let mut keys = vec![self.names.record(&id), self.names.log(&id)];
+        keys.extend(more_keys);
+        let mut args = vec![
+            Self::placeholder(&event)?,
+            self.names.channel(&id),
+            extra,
+            self.ttl_secs(),
+        ];
+        args.extend(more_args);
+        let seq: i64 = script.evalsha_with_reload(&self.client, keys, args).await?;
         match seq {
             -1 => Err(BrokerError::NotFound(id)),
             0 => Ok(None),
@@ -463,11 +481,17 @@ impl Broker for RedisBroker {
         let record = serde_json::to_string(&job.submission)?;
         let placeholder = Self::placeholder(&event)?;
         let job_json = serde_json::to_string(job)?;
-        let position: i64 = self
+        let owner = job.submission.owner.as_deref();
+        let reply: Vec<i64> = self
             .submit_script
             .evalsha_with_reload(
                 &self.client,
-                vec![self.names.record(id), self.names.log(id), self.names.jobs()],
+                vec![
+                    self.names.record(id),
+                    self.names.log(id),
+                    self.names.jobs(),
+                    self.names.unfinished(owner),
+                ],
                 vec![
                     record,
                     placeholder,
@@ -476,11 +500,17 @@ impl Broker for RedisBroker {
                     job_json,
                     self.settings.max_queue.to_string(),
                     GROUP.to_owned(),
+                    self.settings.max_unfinished_per_owner.to_string(),
+                    if owner.is_some() { "1" } else { "0" }.to_owned(),
                 ],
             )
             .await?;
-        if position < 0 {
-            return Err(BrokerError::QueueFull(position.unsigned_abs() - 1));
+        let (code, position) = (reply.first().copied(), reply.get(1).copied().unwrap_or(0));
+        match code {
+            Some(0) => {}
+            Some(1) => return Err(BrokerError::QueueFull(position.unsigned_abs())),
+            Some(2) => return Err(BrokerError::OwnerBusy(position.unsigned_abs())),
+            _ => return Err(BrokerError::Closed),
         }
         event.seq = 1;
         event.kind = EventKind::Queued {
@@ -520,7 +550,8 @@ impl Broker for RedisBroker {
             at: Utc::now(),
             kind,
         };
-        self.append_event(&self.publish_script, event, status).await
+        self.append_event(&self.publish_script, event, status, vec![], vec![])
+            .await
     }
 
     async fn finish(&self, submission: &Submission) -> Result<Option<Event>> {
@@ -536,7 +567,14 @@ impl Broker for RedisBroker {
                 submission: Box::new(last.for_event()),
             },
         };
-        self.append_event(&self.finish_script, event, record).await
+        let verdict = last.verdict.map_or(Ok(String::new()), |v| {
+            serde_json::to_value(v).map(|v| v.as_str().unwrap_or_default().to_owned())
+        })?;
+        let owner = submission.owner.as_deref();
+        let keys = vec![self.names.unfinished(owner), self.names.verdicts()];
+        let args = vec![verdict, if owner.is_some() { "1" } else { "0" }.to_owned()];
+        self.append_event(&self.finish_script, event, record, keys, args)
+            .await
     }
 
     async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
@@ -624,10 +662,17 @@ impl Broker for RedisBroker {
             }
         }
         workers.sort_by(|a, b| a.name.cmp(&b.name));
+        let raw: HashMap<String, String> = self.client.hgetall(self.names.verdicts()).await?;
+        let mut verdicts: Vec<(String, u64)> = raw
+            .into_iter()
+            .filter_map(|(k, v)| v.parse().ok().map(|n| (k, n)))
+            .collect();
+        verdicts.sort();
         Ok(QueueStats {
             waiting: len.saturating_sub(pending),
             pending,
             workers,
+            verdicts,
         })
     }
 

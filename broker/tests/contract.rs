@@ -367,3 +367,47 @@ async fn a_long_log_is_replayed_in_pages_without_gaps() {
         assert_eq!(seqs, (1..=1002).collect::<Vec<u64>>());
     }
 }
+
+#[tokio::test]
+async fn an_owner_over_its_unfinished_quota_is_refused_until_one_finishes() {
+    let settings = BrokerSettings {
+        max_unfinished_per_owner: 2,
+        ..BrokerSettings::default()
+    };
+    let memory: SharedBroker = MemoryBroker::new(settings.clone());
+    let redis: SharedBroker = RedisBroker::connect(RedisSettings {
+        url: redis_url(),
+        namespace: namespace(),
+        broker: settings,
+    })
+    .await
+    .expect("connect");
+    for broker in [memory, redis] {
+        let owned = |source: &str| {
+            let mut j = job(source);
+            j.submission.owner = Some("alice".into());
+            j
+        };
+        let first = owned("1");
+        broker.submit(&first).await.expect("first");
+        broker.submit(&owned("2")).await.expect("second");
+        assert!(matches!(
+            broker.submit(&owned("3")).await,
+            Err(BrokerError::OwnerBusy(2))
+        ));
+        broker
+            .submit(&job("no owner"))
+            .await
+            .expect("others are not counted");
+        broker
+            .finish(&finished(&first, Verdict::Accepted))
+            .await
+            .expect("finish");
+        broker
+            .submit(&owned("4"))
+            .await
+            .expect("a finished one frees a place");
+        let stats = broker.stats().await.expect("stats");
+        assert_eq!(stats.verdicts, vec![("ACCEPTED".to_owned(), 1)]);
+    }
+}

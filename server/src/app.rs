@@ -433,7 +433,19 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .await
         .ok()
         .and_then(Result::ok);
-    let body = state.api.metrics.render(queue, state.api.broker.watched());
+    let mut body = state.api.metrics.render(queue, state.api.broker.watched());
+    let stats = tokio::time::timeout(Duration::from_millis(500), state.api.broker.stats()).await;
+    if let Ok(Ok(stats)) = stats {
+        body.push_str(
+            "# HELP verdict_verdicts_total Finished submissions by verdict (all servers).\n",
+        );
+        body.push_str("# TYPE verdict_verdicts_total counter\n");
+        for (verdict, n) in stats.verdicts {
+            body.push_str(&format!(
+                "verdict_verdicts_total{{verdict=\"{verdict}\"}} {n}\n"
+            ));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

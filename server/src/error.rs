@@ -64,6 +64,10 @@ impl From<BrokerError> for ApiError {
             BrokerError::NotFound(id) => ApiError::NotFound(id),
             BrokerError::QueueFull(_) => ApiError::QueueFull,
             BrokerError::Unavailable => ApiError::Unavailable,
+            // The per-key quota on unfinished submissions: retry once one finishes.
+            BrokerError::OwnerBusy(_) => ApiError::RateLimited {
+                retry_after: std::time::Duration::from_secs(1),
+            },
             BrokerError::Redis(cause) => {
                 tracing::warn!(error = %cause, "broker unavailable");
                 ApiError::Unavailable
