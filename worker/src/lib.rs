@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use verdict_broker::{Catalogue, Delivery, Limits, SharedBroker, Verdict};
 use verdict_sandbox::Sandbox;
 
@@ -130,10 +131,19 @@ impl Worker {
                 Ok(Some(delivery)) => {
                     backoff = Duration::from_millis(50);
                     let worker = Arc::clone(&self);
-                    tracker.spawn(async move {
-                        worker.handle(delivery).await;
-                        drop(permit);
-                    });
+                    // Every log line about this job carries its submission id.
+                    let span = tracing::info_span!(
+                        "job",
+                        submission = %delivery.job.submission.id,
+                        language = %delivery.job.request.language
+                    );
+                    tracker.spawn(
+                        async move {
+                            worker.handle(delivery).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Ok(None) => {}
                 Err(e) => {
