@@ -418,36 +418,58 @@ async fn forward_output(
             let k = usize::from(stream == StreamKind::Stderr);
             text[k].push_str(&carry[k].push(&bytes));
         }
-        for (k, chunk) in text.into_iter().enumerate() {
-            if chunk.is_empty() {
-                continue;
-            }
+        for (k, text) in text.into_iter().enumerate() {
             let stream = if k == 0 {
                 Stream::Stdout
             } else {
                 Stream::Stderr
             };
-            if let Err(e) = broker
-                .publish(
-                    &id,
-                    EventKind::Output {
-                        test,
-                        stream,
-                        chunk,
-                    },
-                )
-                .await
-            {
-                tracing::warn!(error = %e, submission = %id, "dropping live output chunk");
+            // No event above BATCH_BYTES: the fan-out keeps a fixed number of events per
+            // submission for slow subscribers, so event size is what bounds its memory.
+            for chunk in pieces(&text, BATCH_BYTES) {
+                let kind = EventKind::Output {
+                    test,
+                    stream,
+                    chunk: chunk.to_owned(),
+                };
+                if let Err(e) = broker.publish(&id, kind).await {
+                    tracing::warn!(error = %e, submission = %id, "dropping live output chunk");
+                }
             }
         }
         last = tokio::time::Instant::now();
     }
 }
 
+/// `text` cut into pieces of at most `max` bytes, at character boundaries.
+fn pieces(text: &str, max: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut cut = rest.len().min(max);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (piece, tail) = rest.split_at(cut.max(rest.chars().next().map_or(1, char::len_utf8)));
+        rest = tail;
+        Some(piece)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::Utf8Carry;
+
+    #[test]
+    fn pieces_respect_the_size_and_character_boundaries() {
+        let text = "aé".repeat(10);
+        let parts: Vec<&str> = super::pieces(&text, 4).collect();
+        assert_eq!(parts.concat(), text);
+        assert!(parts.iter().all(|p| p.len() <= 4 && !p.is_empty()));
+        assert_eq!(super::pieces("", 4).count(), 0);
+    }
 
     #[test]
     fn utf8_is_never_split_across_chunks() {
