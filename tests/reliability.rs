@@ -39,44 +39,25 @@ async fn redis(url: &str) -> Client {
 
 /// Entries delivered to a worker and never acknowledged.
 async fn pending(redis: &Client, ns: &str) -> u64 {
-    let reply: Value = serde_json::to_value(
-        redis
-            .custom::<fred::types::Value, _>(
-                fred::types::CustomCommand::new(
-                    "XPENDING",
-                    fred::types::ClusterHash::FirstKey,
-                    false,
-                ),
-                vec![format!("{ns}:jobs"), "workers".into()],
-            )
-            .await
-            .unwrap()
-            .into_array()
-            .into_iter()
-            .next()
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0),
-    )
-    .unwrap();
-    reply.as_u64().unwrap_or(0)
+    let summary: fred::types::Value = redis
+        .custom(
+            fred::types::CustomCommand::new("XPENDING", fred::types::ClusterHash::FirstKey, false),
+            vec![format!("{ns}:jobs"), "workers".into()],
+        )
+        .await
+        .unwrap();
+    // XPENDING summary: [count, smallest id, greatest id, [[consumer, count]...]]
+    summary
+        .into_array()
+        .into_iter()
+        .next()
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
 }
 
 /// A worker process with extra environment (visibility timeout, fault switch).
 fn worker_with(url: &str, ns: &str, concurrency: usize, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(bin());
-    cmd.args([
-        "worker",
-        "--redis-url",
-        url,
-        "--concurrency",
-        &concurrency.to_string(),
-    ])
-    .env("VERDICT_REDIS_NAMESPACE", ns)
-    .env("RUST_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc(cmd.spawn().unwrap())
+    worker_with_env(bin(), url, ns, concurrency, env)
 }
 
 const FAST_RECLAIM: (&str, &str) = ("VERDICT_VISIBILITY_TIMEOUT_MS", "2000");

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::types::Event;
 
@@ -27,13 +27,18 @@ pub enum Signal {
 /// quick unsubscribe/subscribe pair can never end unsubscribed.
 #[derive(Debug)]
 pub(crate) enum Control {
-    Subscribe(String, oneshot::Sender<()>),
+    /// SUBSCRIBE, then set the watch to true (also on failure: the watcher's periodic log
+    /// check covers a subscription that did not take).
+    Subscribe(String, watch::Sender<bool>),
     Unsubscribe(String),
 }
 
 struct Entry {
     count: usize,
     tx: broadcast::Sender<Signal>,
+    /// True once the backend confirmed the subscription; later joiners wait on it
+    /// instead of sending SUBSCRIBE again.
+    ready: watch::Receiver<bool>,
 }
 
 /// The table of watched submissions.
@@ -63,17 +68,30 @@ impl Hub {
     /// Joins the fan-out for `id`. Waits until the backend confirms the subscription, so
     /// that anything published after this returns is seen.
     pub(crate) async fn join(self: &Arc<Self>, id: &str) -> LiveEvents {
-        let (rx, first) = {
+        let (rx, mut ready) = {
             let mut table = self.table();
             match table.get_mut(id) {
                 Some(entry) => {
                     entry.count += 1;
-                    (entry.tx.subscribe(), false)
+                    (entry.tx.subscribe(), entry.ready.clone())
                 }
                 None => {
                     let (tx, rx) = broadcast::channel(self.capacity);
-                    table.insert(id.to_owned(), Entry { count: 1, tx });
-                    (rx, true)
+                    let (ready_tx, ready) = watch::channel(self.control.is_none());
+                    if let Some(control) = &self.control {
+                        // Sent under the table lock, so it is ordered before any
+                        // Unsubscribe of a later leave.
+                        let _ = control.send(Control::Subscribe(id.to_owned(), ready_tx));
+                    }
+                    table.insert(
+                        id.to_owned(),
+                        Entry {
+                            count: 1,
+                            tx,
+                            ready: ready.clone(),
+                        },
+                    );
+                    (rx, ready)
                 }
             }
         };
@@ -84,18 +102,9 @@ impl Hub {
                 id: id.to_owned(),
             },
         };
-        if let Some(control) = &self.control {
-            // Every joiner waits for a confirmation: the first sends SUBSCRIBE, later ones
-            // wait behind it in the same ordered queue.
-            let (done_tx, done_rx) = oneshot::channel();
-            let _ = first;
-            if control
-                .send(Control::Subscribe(id.to_owned(), done_tx))
-                .is_ok()
-            {
-                let _ = done_rx.await;
-            }
-        }
+        // Anything published after the backend confirmed the subscription is delivered.
+        // (A closed control task leaves `ready` false forever: don't wait on it then.)
+        let _ = ready.wait_for(|confirmed| *confirmed).await;
         live
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::error::{BrokerError, Result};
 use crate::hub::{Hub, LiveEvents, HUB_CAPACITY};
-use crate::types::{Event, EventKind, Job, Status, Submission};
+use crate::types::{wire_name, Event, EventKind, Job, Status, Submission};
 use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
 
 struct Record {
@@ -185,11 +185,7 @@ impl Broker for MemoryBroker {
                 }
             }
             if let Some(verdict) = submission.verdict {
-                let name = serde_json::to_value(verdict)?
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                *verdicts.entry(name).or_default() += 1;
+                *verdicts.entry(wire_name(verdict)).or_default() += 1;
             }
             let mut last = submission.clone();
             last.status = Status::Finished;

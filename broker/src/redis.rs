@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, OnceCell};
 
 use crate::error::{BrokerError, Result};
 use crate::hub::{Control, Hub, LiveEvents, HUB_CAPACITY};
-use crate::types::{Event, EventKind, Job, Submission};
+use crate::types::{wire_name, Event, EventKind, Job, Submission};
 use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
 
 const GROUP: &str = "workers";
@@ -264,7 +264,7 @@ async fn control_loop(
                     // periodic log check covers the meantime.
                     tracing::warn!(error = %e, submission = %id, "subscribe failed");
                 }
-                let _ = done.send(());
+                let _ = done.send(true);
             }
             Control::Unsubscribe(id) => {
                 if !hub.is_watched(&id) {
@@ -537,13 +537,7 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, id: &str, kind: EventKind) -> Result<Option<Event>> {
-        let status = match kind.status() {
-            Some(s) => serde_json::to_value(s)?
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            None => String::new(),
-        };
+        let status = kind.status().map(wire_name).unwrap_or_default();
         let event = Event {
             seq: 0,
             submission_id: id.to_owned(),
@@ -567,9 +561,7 @@ impl Broker for RedisBroker {
                 submission: Box::new(last.for_event()),
             },
         };
-        let verdict = last.verdict.map_or(Ok(String::new()), |v| {
-            serde_json::to_value(v).map(|v| v.as_str().unwrap_or_default().to_owned())
-        })?;
+        let verdict = last.verdict.map(wire_name).unwrap_or_default();
         let owner = submission.owner.as_deref();
         let keys = vec![self.names.unfinished(owner), self.names.verdicts()];
         let args = vec![verdict, if owner.is_some() { "1" } else { "0" }.to_owned()];

@@ -6,6 +6,15 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The name a unit enum has on the wire (`"ACCEPTED"`, `"RUNNING"`, ...), as Redis keys,
+/// fields and metrics labels spell it: derived from serde so it is written only once.
+pub fn wire_name<T: Serialize>(value: T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
 /// Where a submission is in its life. Moves forward only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -358,7 +358,22 @@ impl Sandbox {
         on_output: &mut dyn FnMut(StreamKind, &[u8]),
         cancel: &AtomicBool,
     ) -> Result<Outcome, SandboxError> {
-        supervise::run(self, spec, on_output, cancel)
+        // A file just written into a run dir (a source, a cached binary) can still be open
+        // for writing in another slot's child for an instant: the fd table is copied at
+        // clone and only closed at exec. exec then fails with ETXTBSY. Nothing ran yet,
+        // so trying again is safe.
+        let mut attempt = 0;
+        loop {
+            match supervise::run(self, spec, on_output, cancel) {
+                Err(SandboxError::Exec { source, .. })
+                    if source.raw_os_error() == Some(libc::ETXTBSY) && attempt < 20 =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(2 * attempt));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Which layers are really active on this machine (for `verdict doctor`).

@@ -429,13 +429,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let queue = tokio::time::timeout(Duration::from_millis(500), state.api.broker.queue_len())
+    // One broker read serves the queue length and the verdict counts.
+    let stats = tokio::time::timeout(Duration::from_millis(500), state.api.broker.stats())
         .await
         .ok()
         .and_then(Result::ok);
+    let queue = stats.as_ref().map(|s| s.waiting + s.pending);
     let mut body = state.api.metrics.render(queue, state.api.broker.watched());
-    let stats = tokio::time::timeout(Duration::from_millis(500), state.api.broker.stats()).await;
-    if let Ok(Ok(stats)) = stats {
+    if let Some(stats) = stats {
         body.push_str(
             "# HELP verdict_verdicts_total Finished submissions by verdict (all servers).\n",
         );

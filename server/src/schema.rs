@@ -247,53 +247,14 @@ event_object!(
     OutputEvent { test: i32, stream: Stream_, chunk: String }
 );
 
-/// A test finished.
-pub struct TestFinishedEvent {
-    submission_id: ID,
-    seq: i32,
-    at: DateTime<Utc>,
-    result: verdict_broker::TestResult,
-}
-
-#[Object]
-impl TestFinishedEvent {
-    async fn submission_id(&self) -> &ID {
-        &self.submission_id
-    }
-    async fn seq(&self) -> &i32 {
-        &self.seq
-    }
-    async fn at(&self) -> &DateTime<Utc> {
-        &self.at
-    }
-    async fn result(&self) -> TestResult {
-        TestResult(self.result.clone())
-    }
-}
-
-/// The submission finished; the last event of its stream.
-pub struct FinishedEvent {
-    submission_id: ID,
-    seq: i32,
-    at: DateTime<Utc>,
-    submission: verdict_broker::Submission,
-}
-
-#[Object]
-impl FinishedEvent {
-    async fn submission_id(&self) -> &ID {
-        &self.submission_id
-    }
-    async fn seq(&self) -> &i32 {
-        &self.seq
-    }
-    async fn at(&self) -> &DateTime<Utc> {
-        &self.at
-    }
-    async fn submission(&self) -> Submission {
-        Submission(self.submission.clone())
-    }
-}
+event_object!(
+    /// A test finished.
+    TestFinishedEvent { result: TestResult }
+);
+event_object!(
+    /// The submission finished; the last event of its stream.
+    FinishedEvent { submission: Submission }
+);
 
 /// Every status change of a submission; `seq` starts at 1 and grows by one per event.
 /// (Variant names are the GraphQL type names, GitHub style: `ClosedEvent`, ...)
@@ -359,14 +320,14 @@ impl From<Event> for SubmissionEvent {
                     submission_id,
                     seq,
                     at,
-                    result,
+                    result: TestResult(result),
                 })
             }
             EventKind::Finished { submission } => SubmissionEvent::FinishedEvent(FinishedEvent {
                 submission_id,
                 seq,
                 at,
-                submission: *submission,
+                submission: Submission(*submission),
             }),
         }
     }

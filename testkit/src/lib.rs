@@ -175,11 +175,24 @@ pub fn server(bin: &Path, url: &str, ns: &str) -> Server {
 
 /// `verdict worker` on Redis namespace `ns`.
 pub fn worker(bin: &Path, url: &str, ns: &str, concurrency: usize) -> Proc {
+    worker_with_env(bin, url, ns, concurrency, &[])
+}
+
+/// `verdict worker` with extra environment (visibility timeout, test fault switch, ...).
+pub fn worker_with_env(
+    bin: &Path,
+    url: &str,
+    ns: &str,
+    concurrency: usize,
+    env: &[(&str, &str)],
+) -> Proc {
     let n = concurrency.to_string();
+    let mut envs = vec![("VERDICT_REDIS_NAMESPACE", ns)];
+    envs.extend_from_slice(env);
     verdict(
         bin,
         &["worker", "--redis-url", url, "--concurrency", &n],
-        &[("VERDICT_REDIS_NAMESPACE", ns)],
+        &envs,
     )
 }
 

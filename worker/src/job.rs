@@ -101,22 +101,7 @@ impl Worker {
                     let _ = tx.send((stream, chunk.to_vec()));
                 }
             };
-            // A file just written into the run dir (source, cached artifact) can be held
-            // open for writing for an instant by another slot's child between its clone
-            // and exec (fds are only closed at exec): exec then fails with ETXTBSY.
-            // Nothing ran yet, so retrying is safe.
-            let mut attempt = 0;
-            loop {
-                match sandbox.run(&spec, &mut forward, &cancel) {
-                    Err(verdict_sandbox::SandboxError::Exec { source, .. })
-                        if source.raw_os_error() == Some(libc::ETXTBSY) && attempt < 20 =>
-                    {
-                        attempt += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(2 * attempt));
-                    }
-                    other => break other,
-                }
-            }
+            sandbox.run(&spec, &mut forward, &cancel)
         })
         .await??;
         Ok(outcome)
