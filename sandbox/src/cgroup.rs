@@ -80,6 +80,7 @@ struct MemoryCg {
     procs: File,
     limit: File,
     max_usage: File,
+    usage: File,
     oom_control: File,
     force_empty: File,
     current_limit: Option<u64>,
@@ -103,6 +104,9 @@ pub(crate) struct SlotCgroup {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Before {
     oom_kills: u64,
+    /// Bytes already charged when the run starts (page cache left by earlier runs of the
+    /// slot); the run's peak is measured above it.
+    baseline: u64,
 }
 
 fn make_dir(parent: &Path, slot: u32) -> io::Result<PathBuf> {
@@ -122,6 +126,7 @@ impl SlotCgroup {
                 procs: open_w(&dir.join("cgroup.procs")).ok()?,
                 limit: open_rw(&dir.join("memory.limit_in_bytes")).ok()?,
                 max_usage: open_rw(&dir.join("memory.max_usage_in_bytes")).ok()?,
+                usage: File::open(dir.join("memory.usage_in_bytes")).ok()?,
                 oom_control: open_rw(&dir.join("memory.oom_control")).ok()?,
                 force_empty: open_w(&dir.join("memory.force_empty")).ok()?,
                 current_limit: None,
@@ -175,6 +180,7 @@ impl SlotCgroup {
                 m.current_limit = Some(memory_bytes);
             }
             let _ = write_str(&m.max_usage, "0");
+            before.baseline = read_u64(&m.usage).unwrap_or(0);
             before.oom_kills = oom_kills(&m.oom_control);
         }
         if let Some(p) = &mut self.pids {
@@ -189,7 +195,9 @@ impl SlotCgroup {
     /// (peak bytes, whether the OOM killer fired during the run).
     pub(crate) fn memory_after(&self, before: Before) -> Option<(u64, bool)> {
         let m = self.memory.as_ref()?;
-        let peak = read_u64(&m.max_usage).unwrap_or(0);
+        let peak = read_u64(&m.max_usage)
+            .unwrap_or(0)
+            .saturating_sub(before.baseline);
         Some((peak, oom_kills(&m.oom_control) > before.oom_kills))
     }
 
