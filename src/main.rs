@@ -220,7 +220,8 @@ struct ApiArgs {
     /// Open WebSocket connections per client IP; 0 = unlimited.
     #[arg(long, env = "VERDICT_MAX_WS_PER_IP", default_value_t = 1024)]
     max_ws_per_ip: usize,
-    /// Open WebSocket connections per API key (per server); 0 = unlimited.
+    /// Open WebSocket connections per API key (on all servers together when on Redis);
+    /// 0 = unlimited.
     #[arg(long, env = "VERDICT_MAX_WS_PER_KEY", default_value_t = 1024)]
     max_ws_per_key: usize,
     /// Concurrent operations per WebSocket connection.
@@ -244,6 +245,9 @@ struct ApiArgs {
     max_query_depth: usize,
     #[arg(long, env = "VERDICT_MAX_QUERY_COMPLEXITY", default_value_t = 1000)]
     max_query_complexity: usize,
+    /// Aliased fields per query document; 0 = unlimited.
+    #[arg(long, env = "VERDICT_MAX_QUERY_ALIASES", default_value_t = 30)]
+    max_query_aliases: usize,
     /// Refuse schema introspection (`__schema`, `__type`).
     #[arg(long, env = "VERDICT_NO_INTROSPECTION")]
     no_introspection: bool,
@@ -278,14 +282,14 @@ impl ApiArgs {
         &self,
         redis: Option<(&str, &str)>,
     ) -> Result<verdict_server::ApiLimits, BoxError> {
-        let shared_rate = match redis {
-            Some((url, namespace)) => Some(Arc::new(
-                verdict_server::RedisRate::connect(url, namespace).await?,
-            )),
+        let shared = match redis {
+            Some((url, namespace)) => {
+                Some(verdict_broker::RedisQuota::connect(url, namespace).await?)
+            }
             None => None,
         };
         Ok(verdict_server::ApiLimits {
-            shared_rate,
+            shared,
             submits_per_minute: self.submits_per_minute,
             max_ws_per_ip: self.max_ws_per_ip,
             max_ws_per_key: self.max_ws_per_key,
@@ -295,6 +299,7 @@ impl ApiArgs {
             max_body_bytes: self.max_body_bytes,
             max_depth: self.max_query_depth,
             max_complexity: self.max_query_complexity,
+            max_aliases: self.max_query_aliases,
             introspection: !self.no_introspection,
             ..verdict_server::ApiLimits::default()
         })

@@ -25,17 +25,28 @@ fn standalone(extra: &[&str]) -> Server {
 
 /// `verdict ARGS --listen <free port> EXTRA` with environment `envs`, once it listens.
 fn spawn(args: &[&str], extra: &[&str], envs: &[(&str, &str)]) -> Server {
+    spawn_logging(args, extra, envs, std::process::Stdio::inherit())
+}
+
+/// Like [`spawn`], with the process's stderr (its logs) sent to `stderr`.
+fn spawn_logging(
+    args: &[&str],
+    extra: &[&str],
+    envs: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> Server {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new(bin())
         .args(args)
         .args(["--listen", &listen])
         .args(extra)
-        .envs(envs.iter().copied())
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
+        .envs(envs.iter().copied())
+        .stderr(stderr)
         .spawn()
         .expect("spawn verdict");
     let proc = Proc(child);
@@ -691,6 +702,137 @@ async fn websocket_connections_per_ip_are_capped() {
     let _c = Raw::init(&server, json!({})).await;
 }
 
+/// A keys file with alice and bob (keys `key-alice`, `key-bob`); the directory is leaked
+/// for the life of the test process, which is short.
+fn keys_file() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("verdict-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys");
+    let keys = format!(
+        "alice:{}\nbob:{}\n",
+        sha256_hex("key-alice"),
+        sha256_hex("key-bob")
+    );
+    std::fs::write(&file, keys).unwrap();
+    file
+}
+
+#[tokio::test]
+async fn websocket_connections_per_key_are_capped_across_servers() {
+    let (url, ns) = (verdict_testkit::redis_url(), verdict_testkit::namespace());
+    let file = keys_file();
+    let server = |_: u8| {
+        spawn(
+            &["server", "--redis-url", &url],
+            &[
+                "--api-keys",
+                file.to_str().unwrap(),
+                "--max-ws-per-key",
+                "2",
+            ],
+            &[("VERDICT_REDIS_NAMESPACE", &ns)],
+        )
+    };
+    let (a, b) = (server(1), server(2));
+    let alice = || json!({ "authorization": "Bearer key-alice" });
+    let first = Raw::init(&a, alice()).await;
+    let _second = Raw::init(&b, alice()).await;
+    // The third, on either server, is over alice's quota: 4429, which clients do not retry.
+    for s in [&a, &b] {
+        let mut third = Raw::open(s, "/graphql", Some("graphql-transport-ws")).await;
+        third
+            .send(json!({ "type": "connection_init", "payload": alice() }))
+            .await;
+        assert_eq!(
+            third.closed().await,
+            (4429, "Too many connections for this key".into())
+        );
+    }
+    // Another key is not affected.
+    let _bob = Raw::init(&a, json!({ "authorization": "Bearer key-bob" })).await;
+    // Closing one frees a place (released in the background: allow a moment).
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = Raw::open(&b, "/graphql", Some("graphql-transport-ws")).await;
+        again
+            .send(json!({ "type": "connection_init", "payload": alice() }))
+            .await;
+        match again.next().await {
+            Got::Frame(f) if f["type"] == "connection_ack" => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "place never freed: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn query_limits_refuse_with_bad_user_input() {
+    let server = standalone(&["--max-query-aliases", "3", "--max-query-depth", "4"]);
+    let query = |q: &str| post(&server, None, json!({ "query": q }));
+    let aliases = |n: usize| {
+        let fields: Vec<String> = (0..n)
+            .map(|i| format!("a{i}: languages {{ id }}"))
+            .collect();
+        format!("{{ {} }}", fields.join(" "))
+    };
+    let (_, _, ok) = query(&aliases(3)).await;
+    assert!(ok["errors"].is_null(), "3 aliases are allowed: {ok}");
+    assert!(ok["data"]["a2"][0]["id"].is_string(), "{ok}");
+    let (_, _, body) = query(&aliases(4)).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("aliased fields"),
+        "{body}"
+    );
+    // Aliases hidden in a fragment count too.
+    let (_, _, body) = query(
+        "{ ...F } fragment F on QueryRoot { a: languages { id } b: languages { id } \
+         c: languages { id } d: languages { id } }",
+    )
+    .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body}"
+    );
+    // Too deep, unparsable and invalid queries carry the same code.
+    let (_, _, body) = query(
+        "{ submission(id: \"x\") { tests { __typename } } __schema { types { fields { type { ofType { name } } } } } }",
+    )
+    .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body}"
+    );
+    for q in ["{ languages {", "{ noSuchField }"] {
+        let (_, _, body) = query(q).await;
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{q}: {body}"
+        );
+    }
+    // Batched requests (a JSON array) are refused as a whole with a clear message.
+    let res = reqwest::Client::new()
+        .post(format!("{}/graphql", server.http()))
+        .header("content-type", "application/json")
+        .body(r#"[{"query":"{ languages { id } }"},{"query":"{ languages { id } }"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let text = res.text().await.unwrap();
+    assert!(text.to_lowercase().contains("batch"), "{text}");
+}
+
 /// Parses the Prometheus text format strictly enough: `name{labels} value` lines, HELP
 /// and TYPE comments.
 fn scrape(text: &str) -> HashMap<String, f64> {
@@ -749,20 +891,40 @@ async fn metrics_parse_and_move_with_submissions() {
     assert_eq!(after["verdict_websockets_open"], 1.0);
     assert!(after["verdict_submit_seconds_sum"] > 0.0);
     assert_eq!(after["verdict_submit_seconds_bucket{le=\"+Inf\"}"], 3.0);
+    assert_eq!(after["verdict_redis_reconnects_total"], 0.0, "standalone");
+
+    // Once the three finish: three ACCEPTED verdicts, and each job observed once in both
+    // latency histograms.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let now = get().await;
+        let accepted = "verdict_verdicts_total{verdict=\"ACCEPTED\"}";
+        if now.get(accepted).copied().unwrap_or(0.0) - before.get(accepted).copied().unwrap_or(0.0)
+            >= 3.0
+        {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not finished: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let delta = |name: &str| done[name] - before.get(name).copied().unwrap_or(0.0);
+    assert_eq!(delta("verdict_verdicts_total{verdict=\"ACCEPTED\"}"), 3.0);
+    for h in ["verdict_job_queued_seconds", "verdict_job_run_seconds"] {
+        assert_eq!(delta(&format!("{h}_count")), 3.0, "{h}");
+        assert_eq!(delta(&format!("{h}_bucket{{le=\"+Inf\"}}")), 3.0, "{h}");
+        assert!(delta(&format!("{h}_sum")) > 0.0, "{h}");
+    }
+    // A Python print(1) runs in well under 10 s, so every run is in the 10 s bucket.
+    assert_eq!(delta("verdict_job_run_seconds_bucket{le=\"10\"}"), 3.0);
 }
 
 #[tokio::test]
 async fn unfinished_submissions_per_key_are_capped_across_servers() {
     let (url, ns) = (verdict_testkit::redis_url(), verdict_testkit::namespace());
-    let dir = std::env::temp_dir().join(format!("verdict-keys-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("keys");
-    let keys = format!(
-        "alice:{}\nbob:{}\n",
-        sha256_hex("key-alice"),
-        sha256_hex("key-bob")
-    );
-    std::fs::write(&file, keys).unwrap();
+    let file = keys_file();
     let server = |_: u8| {
         spawn(
             &["server", "--redis-url", &url],
@@ -815,4 +977,66 @@ async fn unfinished_submissions_per_key_are_capped_across_servers() {
         text.contains("verdict_verdicts_total{verdict=\"ACCEPTED\"}"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_submission_id_on_server_and_worker_lines() {
+    let log = std::env::temp_dir().join(format!("verdict-log-{}.jsonl", uuid::Uuid::new_v4()));
+    let server = spawn_logging(
+        &["standalone", "--concurrency", "2"],
+        &[],
+        &[("VERDICT_LOG_FORMAT", "json"), ("RUST_LOG", "info")],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    let id = |body: Value| body["data"]["submit"]["id"].as_str().unwrap().to_owned();
+    let ran = id(submit_as(&server, None, "print(1)").await);
+    let cancelled = id(submit_as(&server, None, SLEEPER).await);
+    let cancel = json!({ "query": "mutation($id: ID!) { cancel(id: $id) { status } }", "variables": { "id": cancelled } });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let q = json!({ "query": "query($id: ID!) { submission(id: $id) { status } }", "variables": { "id": ran } });
+        let (_, _, body) = post(&server, None, q).await;
+        if body["data"]["submission"]["status"] == "FINISHED" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never finished: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Cancel once the worker has it, so the worker logs about it too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, _, body) = post(&server, None, cancel).await;
+    assert_eq!(body["data"]["cancel"]["status"], "FINISHED", "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(server);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for id in [&ran, &cancelled] {
+        // Every line that mentions the id carries it as the span's `submission` field.
+        let about: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l.to_string().contains(id.as_str()))
+            .collect();
+        for line in &about {
+            assert_eq!(line["span"]["submission"], id.as_str(), "{line}");
+        }
+        let from = |target: &str| {
+            about
+                .iter()
+                .any(|l| l["target"].as_str().unwrap_or("").starts_with(target))
+        };
+        assert!(from("verdict_server"), "no server line about {id}: {text}");
+        assert!(from("verdict_worker"), "no worker line about {id}: {text}");
+    }
+    let cancelled_line = lines.iter().any(|l| {
+        l["fields"]["message"] == "cancelled" && l["span"]["submission"] == cancelled.as_str()
+    });
+    assert!(cancelled_line, "{text}");
+    let _ = std::fs::remove_file(&log);
 }

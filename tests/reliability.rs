@@ -274,7 +274,22 @@ async fn open_subscriptions_survive_a_redis_restart_with_aof() {
         );
         ok += 1;
     }
-    println!("redis restart: {ok}/20 subscriptions completed with every seq exactly once");
+    // The server counted its reconnects (command and Pub/Sub connections at least).
+    let metrics = reqwest::get(format!("{}/metrics", server.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reconnects: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("verdict_redis_reconnects_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no reconnect count in {metrics}"));
+    assert!(reconnects >= 2, "{reconnects} reconnects counted");
+    println!(
+        "redis restart: {ok}/20 subscriptions completed with every seq exactly once; server counted {reconnects} reconnects"
+    );
 }
 
 #[tokio::test]

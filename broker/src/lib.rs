@@ -7,7 +7,9 @@
 mod catalogue;
 mod error;
 mod hub;
+mod latency;
 mod memory;
+mod quota;
 mod redis;
 mod types;
 mod watch;
@@ -20,7 +22,9 @@ use async_trait::async_trait;
 pub use catalogue::{Catalogue, CatalogueError, Language, LimitBoost};
 pub use error::{BrokerError, Result};
 pub use hub::{LiveEvents, Signal};
+pub use latency::{Histogram, LATENCY_BUCKETS};
 pub use memory::MemoryBroker;
+pub use quota::{ConnectionCount, RedisQuota};
 pub use redis::{RedisBroker, RedisSettings};
 pub use types::*;
 pub use watch::{watch, EventStream};
@@ -114,6 +118,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Number of submissions this process watches live (metrics, tests).
     fn watched(&self) -> usize;
+
+    /// Times this process's connections to the backend were re-established (metrics);
+    /// always 0 in memory.
+    fn reconnects(&self) -> u64 {
+        0
+    }
 }
 
 /// A worker as seen through its heartbeats.
@@ -136,6 +146,10 @@ pub struct QueueStats {
     pub workers: Vec<WorkerInfo>,
     /// Finished submissions by verdict (`ACCEPTED`, ...), since the broker's data began.
     pub verdicts: Vec<(String, u64)>,
+    /// Queued → started, over finished submissions that had started (all servers).
+    pub queue_wait: Histogram,
+    /// Started → finished (all servers).
+    pub run_time: Histogram,
 }
 
 /// Heartbeats older than this mean the worker is gone.

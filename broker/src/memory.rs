@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::error::{BrokerError, Result};
 use crate::hub::{Hub, LiveEvents, HUB_CAPACITY};
+use crate::latency::{Histogram, JobLatency};
 use crate::types::{wire_name, Event, EventKind, Job, Status, Submission};
 use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
 
@@ -41,6 +42,8 @@ struct State {
     unfinished: HashMap<String, u64>,
     /// Finished submissions by verdict.
     verdicts: HashMap<String, u64>,
+    queue_wait: Histogram,
+    run_time: Histogram,
 }
 
 /// In-process broker with Redis' semantics.
@@ -170,6 +173,8 @@ impl Broker for MemoryBroker {
                 records,
                 unfinished,
                 verdicts,
+                queue_wait,
+                run_time,
                 ..
             } = &mut *guard;
             let Some(record) = records.get_mut(&submission.id) else {
@@ -186,6 +191,13 @@ impl Broker for MemoryBroker {
             }
             if let Some(verdict) = submission.verdict {
                 *verdicts.entry(wire_name(verdict)).or_default() += 1;
+            }
+            let latency = JobLatency::of(submission);
+            if let Some(d) = latency.queued {
+                queue_wait.observe(d);
+            }
+            if let Some(d) = latency.run {
+                run_time.observe(d);
             }
             let mut last = submission.clone();
             last.status = Status::Finished;
@@ -322,6 +334,8 @@ impl Broker for MemoryBroker {
             pending: state.in_flight.len() as u64,
             workers,
             verdicts,
+            queue_wait: state.queue_wait.clone(),
+            run_time: state.run_time.clone(),
         })
     }
 

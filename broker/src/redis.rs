@@ -14,6 +14,7 @@
 //! workers that watch), and for workers one dedicated client for blocking XREADGROUP.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, OnceCell};
 
 use crate::error::{BrokerError, Result};
 use crate::hub::{Control, Hub, LiveEvents, HUB_CAPACITY};
+use crate::latency::{micros, Histogram, JobLatency};
 use crate::types::{wire_name, Event, EventKind, Job, Submission};
 use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
 
@@ -64,6 +66,10 @@ impl Names {
     /// Finished submissions by verdict, for metrics.
     fn verdicts(&self) -> String {
         format!("{}:verdicts", self.ns)
+    }
+    /// Latency histograms (`q:` queue wait, `r:` run; bucket index or `sum`).
+    fn latency(&self) -> String {
+        format!("{}:latency", self.ns)
     }
 }
 
@@ -122,6 +128,14 @@ if ARGV[6] == '1' then
   if redis.call('DECR', KEYS[3]) <= 0 then redis.call('DEL', KEYS[3]) end
 end
 redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+if ARGV[7] ~= '' then
+  redis.call('HINCRBY', KEYS[5], 'q:' .. ARGV[7], 1)
+  redis.call('HINCRBY', KEYS[5], 'q:sum', ARGV[8])
+end
+if ARGV[9] ~= '' then
+  redis.call('HINCRBY', KEYS[5], 'r:' .. ARGV[9], 1)
+  redis.call('HINCRBY', KEYS[5], 'r:sum', ARGV[10])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[2], ev)
@@ -153,6 +167,28 @@ pub struct RedisBroker {
     renew_script: Script,
     /// When this process last looked for expired leases (XAUTOCLAIM), to do it ~1/s.
     last_reclaim: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Reconnects of any of this process's Redis connections, for /metrics.
+    reconnects: Arc<AtomicU64>,
+}
+
+/// Counts `client`'s reconnects into `counter` for as long as the client lives.
+fn count_reconnects(client: &impl EventInterface, counter: &Arc<AtomicU64>) {
+    let mut rx = client.reconnect_rx();
+    let counter = Arc::clone(counter);
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(server) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%server, "reconnected to Redis");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
 }
 
 fn builder(config: &Config) -> Builder {
@@ -184,6 +220,9 @@ impl RedisBroker {
         let names = Names {
             ns: settings.namespace.clone(),
         };
+        let reconnects = Arc::new(AtomicU64::new(0));
+        count_reconnects(&client, &reconnects);
+        count_reconnects(&subscriber, &reconnects);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let hub = Hub::new(HUB_CAPACITY, Some(control_tx));
         let broker = Arc::new(RedisBroker {
@@ -199,6 +238,7 @@ impl RedisBroker {
             finish_script: Script::from_lua(FINISH_LUA),
             renew_script: Script::from_lua(RENEW_LUA),
             last_reclaim: std::sync::Mutex::new(None),
+            reconnects,
         });
         broker.ensure_group().await?;
         tokio::spawn(control_loop(
@@ -233,6 +273,7 @@ impl RedisBroker {
                     .with_performance_config(|p| p.default_command_timeout = Duration::ZERO)
                     .build()?;
                 client.init().await?;
+                count_reconnects(&client, &self.reconnects);
                 Ok::<_, BrokerError>(client)
             })
             .await
@@ -563,8 +604,22 @@ impl Broker for RedisBroker {
         };
         let verdict = last.verdict.map(wire_name).unwrap_or_default();
         let owner = submission.owner.as_deref();
-        let keys = vec![self.names.unfinished(owner), self.names.verdicts()];
-        let args = vec![verdict, if owner.is_some() { "1" } else { "0" }.to_owned()];
+        let keys = vec![
+            self.names.unfinished(owner),
+            self.names.verdicts(),
+            self.names.latency(),
+        ];
+        let mut args = vec![verdict, if owner.is_some() { "1" } else { "0" }.to_owned()];
+        let latency = JobLatency::of(&last);
+        for d in [latency.queued, latency.run] {
+            match d {
+                Some(d) => {
+                    args.push(Histogram::bucket_of(d).to_string());
+                    args.push(micros(d).to_string());
+                }
+                None => args.extend([String::new(), String::new()]),
+            }
+        }
         self.append_event(&self.finish_script, event, record, keys, args)
             .await
     }
@@ -660,11 +715,22 @@ impl Broker for RedisBroker {
             .filter_map(|(k, v)| v.parse().ok().map(|n| (k, n)))
             .collect();
         verdicts.sort();
+        let raw: HashMap<String, u64> = self.client.hgetall(self.names.latency()).await?;
+        let histogram = |prefix: &str| {
+            let mut h = Histogram::default();
+            for (i, n) in h.counts.iter_mut().enumerate() {
+                *n = raw.get(&format!("{prefix}:{i}")).copied().unwrap_or(0);
+            }
+            h.sum_us = raw.get(&format!("{prefix}:sum")).copied().unwrap_or(0);
+            h
+        };
         Ok(QueueStats {
             waiting: len.saturating_sub(pending),
             pending,
             workers,
             verdicts,
+            queue_wait: histogram("q"),
+            run_time: histogram("r"),
         })
     }
 
@@ -691,5 +757,9 @@ impl Broker for RedisBroker {
 
     fn watched(&self) -> usize {
         self.hub.watched()
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
     }
 }

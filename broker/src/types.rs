@@ -165,6 +165,10 @@ pub struct Submission {
     pub status: Status,
     pub verdict: Option<Verdict>,
     pub created_at: DateTime<Utc>,
+    /// When the worker that finished it began (compile or first test); the queue-wait
+    /// and run-time histograms are measured from it.
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub compile_output: Option<String>,
     pub tests: Vec<TestResult>,
@@ -192,6 +196,7 @@ impl Submission {
             status: Status::Queued,
             verdict: None,
             created_at: Utc::now(),
+            started_at: None,
             finished_at: None,
             compile_output: None,
             tests: Vec::new(),

@@ -304,6 +304,7 @@ contract!(
     unknown_id_is_an_error_not_a_hang,
     each_job_is_delivered_once,
     queue_limit_refuses_submits,
+    latency_histograms_count_each_finished_submission_once,
 );
 
 #[tokio::test]
@@ -410,4 +411,39 @@ async fn an_owner_over_its_unfinished_quota_is_refused_until_one_finishes() {
         let stats = broker.stats().await.expect("stats");
         assert_eq!(stats.verdicts, vec![("ACCEPTED".to_owned(), 1)]);
     }
+}
+
+/// Each finished submission is observed once in the latency histograms, from the
+/// timestamps of its record; a losing second finish and a never-started cancel add none.
+async fn latency_histograms_count_each_finished_submission_once(broker: SharedBroker) {
+    let ran = job("ran");
+    broker.submit(&ran).await.expect("submit");
+    let mut done = ran.submission.clone();
+    let t0 = done.created_at;
+    done.started_at = Some(t0 + chrono::Duration::milliseconds(20));
+    done.finish(Verdict::Accepted);
+    done.finished_at = Some(t0 + chrono::Duration::milliseconds(1520));
+    assert!(broker.finish(&done).await.expect("finish").is_some());
+    assert!(broker.finish(&done).await.expect("again").is_none());
+
+    let cancelled = job("cancelled");
+    broker.submit(&cancelled).await.expect("submit");
+    let gone = finished(&cancelled, Verdict::Cancelled);
+    assert!(broker.finish(&gone).await.expect("cancel").is_some());
+
+    let stats = broker.stats().await.expect("stats");
+    assert_eq!(stats.queue_wait.count(), 1, "{stats:?}");
+    assert_eq!(stats.run_time.count(), 1, "{stats:?}");
+    assert_eq!(stats.queue_wait.sum_us, 20_000);
+    assert_eq!(stats.run_time.sum_us, 1_500_000);
+    let le = |h: &Histogram, bound: f64| {
+        h.cumulative()
+            .into_iter()
+            .find(|(b, _)| *b == bound)
+            .map(|(_, n)| n)
+    };
+    assert_eq!(le(&stats.queue_wait, 0.01), Some(0));
+    assert_eq!(le(&stats.queue_wait, 0.025), Some(1));
+    assert_eq!(le(&stats.run_time, 1.0), Some(0));
+    assert_eq!(le(&stats.run_time, 2.5), Some(1));
 }

@@ -267,11 +267,18 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             )
         }
     };
-    let params = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(params)) => params,
-        Ok(_) => return state.bad_request(accept, "the body must be a JSON object"),
-        Err(e) => return state.bad_request(accept, format!("the body is not valid JSON: {e}")),
-    };
+    let params =
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(params)) => params,
+            // Batching would multiply every per-request limit by the batch size; one
+            // operation per request (HTTP/2 and WebSockets make several cheap anyway).
+            Ok(Value::Array(_)) => return state.bad_request(
+                accept,
+                "batched requests (a JSON array) are not supported: send one operation per request",
+            ),
+            Ok(_) => return state.bad_request(accept, "the body must be a JSON object"),
+            Err(e) => return state.bad_request(accept, format!("the body is not valid JSON: {e}")),
+        };
     match request_from(&params) {
         Ok(request) => state.execute(accept, request, caller).await,
         Err(why) => state.bad_request(accept, why),
@@ -435,17 +442,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .ok()
         .and_then(Result::ok);
     let queue = stats.as_ref().map(|s| s.waiting + s.pending);
-    let mut body = state.api.metrics.render(queue, state.api.broker.watched());
-    if let Some(stats) = stats {
-        body.push_str(
-            "# HELP verdict_verdicts_total Finished submissions by verdict (all servers).\n",
-        );
-        body.push_str("# TYPE verdict_verdicts_total counter\n");
-        for (verdict, n) in stats.verdicts {
-            body.push_str(&format!(
-                "verdict_verdicts_total{{verdict=\"{verdict}\"}} {n}\n"
-            ));
-        }
+    let broker = &state.api.broker;
+    let mut body = state
+        .api
+        .metrics
+        .render(queue, broker.watched(), broker.reconnects());
+    if let Some(stats) = &stats {
+        crate::metrics::Metrics::render_shared(&mut body, stats);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

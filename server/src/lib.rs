@@ -23,7 +23,7 @@ use verdict_broker::{Catalogue, SharedBroker};
 pub use app::{app, AppState};
 pub use auth::{ApiKeys, AuthError, Caller, KeyFileError};
 pub use error::ApiError;
-pub use limits::{Access, ApiLimits, RedisRate};
+pub use limits::{Access, ApiLimits};
 pub use metrics::Metrics;
 pub use schema::{build, sdl, ApiState, VerdictSchema};
 pub use validate::InputPolicy;

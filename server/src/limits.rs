@@ -3,9 +3,11 @@
 //! complexity limits. Also the schema extension that enforces the submit rate and times
 //! submits for /metrics.
 //!
-//! The submit rate is counted in Redis when the server runs on Redis ([`RedisRate`]), so
-//! all servers share one count per caller; otherwise (standalone) in process. The other
-//! counters (connections per IP, operations per connection) are per process.
+//! On Redis, the submit rate and the WebSocket connections per key are counted in Redis
+//! ([`RedisQuota`]), so all servers share one count per caller; standalone, in process.
+//! The other counters (connections per IP, operations per connection) are per process:
+//! an IP's connections reach one server through the load balancer's affinity at best,
+//! and a connection lives on one server.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,10 +16,14 @@ use std::time::{Duration, Instant};
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextResolve,
-    ResolveInfo,
+    NextValidation, ResolveInfo,
 };
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
-use async_graphql::{ErrorExtensions, ServerError, ServerResult, Value, Variables};
+use async_graphql::{
+    ErrorExtensions, ServerError, ServerResult, ValidationResult, Value, Variables,
+};
+
+use verdict_broker::{ConnectionCount, RedisQuota};
 
 use crate::auth::{ApiKeys, Caller};
 use crate::error::ApiError;
@@ -27,15 +33,16 @@ use crate::validate::InputPolicy;
 /// Tunable limits; `Default` is the production default.
 #[derive(Clone)]
 pub struct ApiLimits {
-    /// Count submits in Redis, shared by every server (None: in this process).
-    pub shared_rate: Option<Arc<RedisRate>>,
+    /// Count submits and WebSocket connections per key in Redis, shared by every server
+    /// (None: in this process).
+    pub shared: Option<Arc<RedisQuota>>,
     /// Submits per minute per key (per IP when the API is open); 0 = unlimited.
     pub submits_per_minute: u32,
     /// Submits allowed at once before the rate applies (default: one minute's worth).
     pub submit_burst: Option<u32>,
     /// Open WebSocket connections per client IP; 0 = unlimited.
     pub max_ws_per_ip: usize,
-    /// Open WebSocket connections per API key (this process); 0 = unlimited.
+    /// Open WebSocket connections per API key (all servers, when `shared`); 0 = unlimited.
     pub max_ws_per_key: usize,
     /// Concurrent operations per WebSocket connection.
     pub max_subscriptions_per_connection: usize,
@@ -53,6 +60,10 @@ pub struct ApiLimits {
     pub max_complexity: usize,
     /// Directives per field.
     pub max_directives: usize,
+    /// Aliased fields per document. Complexity already bounds breadth; this stops the
+    /// cheap-per-field amplification aliases allow (the same resolver many times under
+    /// different names). 0 = unlimited.
+    pub max_aliases: usize,
     /// Allow schema introspection (`__schema`, `__type`); switch off in production if
     /// the schema should not be browsable.
     pub introspection: bool,
@@ -61,7 +72,7 @@ pub struct ApiLimits {
 impl Default for ApiLimits {
     fn default() -> Self {
         ApiLimits {
-            shared_rate: None,
+            shared: None,
             submits_per_minute: 120,
             submit_burst: None,
             max_ws_per_ip: 1024,
@@ -74,6 +85,7 @@ impl Default for ApiLimits {
             max_depth: 16,
             max_complexity: 1000,
             max_directives: 8,
+            max_aliases: 30,
             introspection: true,
         }
     }
@@ -125,9 +137,9 @@ impl Access {
             .limits
             .submit_burst
             .unwrap_or(self.limits.submits_per_minute);
-        match &self.limits.shared_rate {
+        match &self.limits.shared {
             Some(redis) if self.limits.submits_per_minute > 0 => {
-                match redis.take(&bucket, limit).await {
+                match redis.take_submit(&bucket, limit).await {
                     Ok(verdict) => verdict,
                     Err(e) => {
                         // Redis trouble must not stop submits that Redis may still take;
@@ -160,36 +172,72 @@ impl Access {
 
 impl Access {
     /// Counts an authenticated WebSocket connection against its key until the guard
-    /// drops; None when the key already has the maximum open. Anonymous callers are
-    /// counted per IP at the upgrade instead.
-    pub fn ws_key_connection(self: &Arc<Self>, caller: &Caller) -> Option<KeySlot> {
+    /// drops; None when the key already has the maximum open (on all servers, when the
+    /// count is shared). Anonymous callers are counted per IP at the upgrade instead.
+    pub async fn ws_key_connection(self: &Arc<Self>, caller: &Caller) -> Option<KeySlot> {
         let Caller::Key { name } = caller else {
             return Some(KeySlot(None));
         };
         let max = self.limits.max_ws_per_key;
+        if let Some(shared) = &self.limits.shared {
+            let bucket = caller.bucket();
+            match shared.open_connection(&bucket, max).await {
+                Ok(ConnectionCount::Opened(_)) => {
+                    return Some(KeySlot(Some(Counted::Shared(Arc::clone(shared), bucket))));
+                }
+                Ok(ConnectionCount::Full(_)) => return None,
+                Err(e) => {
+                    // As for the submit rate: Redis trouble falls back to this process.
+                    tracing::warn!(error = %e, "shared connection count unavailable");
+                }
+            }
+        }
         let mut map = self.ws_per_key.lock().unwrap_or_else(|p| p.into_inner());
         let open = map.entry(Arc::clone(name)).or_insert(0);
         if max > 0 && *open >= max {
             return None;
         }
         *open += 1;
-        Some(KeySlot(Some((Arc::clone(self), Arc::clone(name)))))
+        Some(KeySlot(Some(Counted::Local(
+            Arc::clone(self),
+            Arc::clone(name),
+        ))))
     }
 }
 
+/// Where a key's connection was counted.
+enum Counted {
+    Local(Arc<Access>, Arc<str>),
+    Shared(Arc<RedisQuota>, String),
+}
+
 /// One open WebSocket connection, counted against its API key.
-pub struct KeySlot(Option<(Arc<Access>, Arc<str>)>);
+pub struct KeySlot(Option<Counted>);
 
 impl Drop for KeySlot {
     fn drop(&mut self) {
-        if let Some((access, name)) = self.0.take() {
-            let mut map = access.ws_per_key.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(open) = map.get_mut(&name) {
-                *open = open.saturating_sub(1);
-                if *open == 0 {
-                    map.remove(&name);
+        match self.0.take() {
+            Some(Counted::Local(access, name)) => {
+                let mut map = access.ws_per_key.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(open) = map.get_mut(&name) {
+                    *open = open.saturating_sub(1);
+                    if *open == 0 {
+                        map.remove(&name);
+                    }
                 }
             }
+            Some(Counted::Shared(quota, bucket)) => {
+                // Drop cannot wait: release in the background (a failure heals at the
+                // quota's next refresh).
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        if let Err(e) = quota.close_connection(&bucket).await {
+                            tracing::warn!(error = %e, "cannot release a shared connection count");
+                        }
+                    });
+                }
+            }
+            None => {}
         }
     }
 }
@@ -208,70 +256,6 @@ impl Drop for WsSlot {
                 }
             }
         }
-    }
-}
-
-/// A submit counter in Redis: at most `limit` submits per caller in each 60-second
-/// window, the window starting at the caller's first submit. Fixed windows rather than a
-/// token bucket, because one atomic INCR per submit is all it costs.
-pub struct RedisRate {
-    client: fred::clients::Client,
-    script: fred::types::scripts::Script,
-    prefix: String,
-}
-
-const RATE_WINDOW_MS: u64 = 60_000;
-
-/// KEYS[1] the caller's counter, ARGV[1] the window (ms). Returns {count, ms left}.
-const RATE_LUA: &str = r"
-local n = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
-end
-return {n, ttl}
-";
-
-impl RedisRate {
-    /// Connects to the Redis at `url`; counters live under `namespace:rate:`.
-    pub async fn connect(url: &str, namespace: &str) -> Result<Self, fred::error::Error> {
-        use fred::interfaces::ClientLike;
-        let config = fred::types::config::Config::from_url(url)?;
-        let client = fred::types::Builder::from_config(config)
-            .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
-                0, 50, 2_000, 2,
-            ))
-            .with_performance_config(|p| {
-                p.default_command_timeout = Duration::from_secs(2);
-            })
-            .build()?;
-        client.init().await?;
-        Ok(RedisRate {
-            client,
-            script: fred::types::scripts::Script::from_lua(RATE_LUA),
-            prefix: format!("{namespace}:rate:"),
-        })
-    }
-
-    async fn take(
-        &self,
-        bucket: &str,
-        limit: u32,
-    ) -> Result<Result<(), Duration>, fred::error::Error> {
-        let (count, left): (u64, u64) = self
-            .script
-            .evalsha_with_reload(
-                &self.client,
-                vec![format!("{}{bucket}", self.prefix)],
-                vec![RATE_WINDOW_MS.to_string()],
-            )
-            .await?;
-        Ok(if count <= u64::from(limit) {
-            Ok(())
-        } else {
-            Err(Duration::from_millis(left.max(1)))
-        })
     }
 }
 
@@ -384,6 +368,46 @@ impl GuardExtension {
     }
 }
 
+/// A query the server will not run (unparsable, invalid, too deep, too complex, too many
+/// aliases) is the client's input error: BAD_USER_INPUT, like every other refusal of
+/// input, so clients branch on one code.
+fn coded(mut error: ServerError) -> ServerError {
+    let ext = error.extensions.get_or_insert_with(Default::default);
+    if ext.get("code").is_none() {
+        ext.set("code", "BAD_USER_INPUT");
+    }
+    error
+}
+
+/// Aliased fields in the document's operations and fragment definitions (each fragment
+/// counted once; spreading it again costs complexity, not aliases).
+fn count_aliases(doc: &ExecutableDocument) -> usize {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    fn walk(set: &SelectionSet) -> usize {
+        set.items
+            .iter()
+            .map(|item| match &item.node {
+                Selection::Field(f) => {
+                    usize::from(f.node.alias.is_some()) + walk(&f.node.selection_set.node)
+                }
+                Selection::InlineFragment(f) => walk(&f.node.selection_set.node),
+                Selection::FragmentSpread(_) => 0,
+            })
+            .sum()
+    }
+    let operations: usize = doc
+        .operations
+        .iter()
+        .map(|(_, op)| walk(&op.node.selection_set.node))
+        .sum();
+    let fragments: usize = doc
+        .fragments
+        .values()
+        .map(|f| walk(&f.node.selection_set.node))
+        .sum();
+    operations + fragments
+}
+
 fn operation_of(doc: &ExecutableDocument, name: Option<&str>) -> Option<Operation> {
     let ty = match (&doc.operations, name) {
         (DocumentOperations::Single(op), _) => op.node.ty,
@@ -406,7 +430,17 @@ impl Extension for GuardExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
+        let doc = next.run(ctx, query, variables).await.map_err(coded)?;
+        let max = self.access.limits.max_aliases;
+        if max > 0 {
+            let aliases = count_aliases(&doc);
+            if aliases > max {
+                return Err(coded(ServerError::new(
+                    format!("the query has {aliases} aliased fields; at most {max} are allowed"),
+                    None,
+                )));
+            }
+        }
         {
             let mut strings = self.short_strings.lock().unwrap_or_else(|p| p.into_inner());
             for (name, value) in variables.iter() {
@@ -428,6 +462,16 @@ impl Extension for GuardExtension {
         // The operation name is not passed here; the first operation is a fine label.
         *self.operation.lock().unwrap_or_else(|p| p.into_inner()) = operation_of(&doc, None);
         Ok(doc)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        next.run(ctx)
+            .await
+            .map_err(|errors| errors.into_iter().map(coded).collect())
     }
 
     async fn execute(

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use verdict_broker::{Histogram, QueueStats};
+
 /// A GraphQL operation type, for request counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -148,7 +150,7 @@ impl Metrics {
     }
 
     /// The Prometheus text format.
-    pub fn render(&self, queue_len: Option<u64>, watched: usize) -> String {
+    pub fn render(&self, queue_len: Option<u64>, watched: usize, reconnects: u64) -> String {
         let mut out = String::new();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut put = |name: &str, kind: &str, help: &str, value: u64| {
@@ -200,6 +202,12 @@ impl Metrics {
             "counter",
             "WebSocket connections accepted.",
             get(&self.ws_total),
+        );
+        put(
+            "verdict_redis_reconnects_total",
+            "counter",
+            "Times this server's Redis connections were re-established (0 standalone).",
+            reconnects,
         );
         put(
             "verdict_rate_limited_total",
@@ -284,4 +292,46 @@ impl Metrics {
         );
         out
     }
+
+    /// The figures kept by the broker, the same on every server: finished submissions
+    /// by verdict and the job latency histograms (queued → started, started → finished).
+    pub fn render_shared(out: &mut String, stats: &QueueStats) {
+        let _ = writeln!(
+            out,
+            "# HELP verdict_verdicts_total Finished submissions by verdict (all servers).\n\
+             # TYPE verdict_verdicts_total counter"
+        );
+        for (verdict, n) in &stats.verdicts {
+            let _ = writeln!(out, "verdict_verdicts_total{{verdict=\"{verdict}\"}} {n}");
+        }
+        histogram(
+            out,
+            "verdict_job_queued_seconds",
+            "Time from submit to a worker starting the job (all servers).",
+            &stats.queue_wait,
+        );
+        histogram(
+            out,
+            "verdict_job_run_seconds",
+            "Time from a worker starting the job to its verdict (all servers).",
+            &stats.run_time,
+        );
+    }
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (bound, n) in h.cumulative() {
+        if bound.is_finite() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+        } else {
+            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{name}_sum {}\n{name}_count {}",
+        h.sum_us as f64 / 1e6,
+        h.count()
+    );
 }

@@ -8,6 +8,7 @@ use async_graphql::{
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use verdict_broker::{watch, Catalogue, Event, EventKind, Job, SharedBroker, TestCase};
 
 use async_graphql::ErrorExtensions;
@@ -376,6 +377,12 @@ fn state<'a>(ctx: &Context<'a>) -> Result<&'a Arc<ApiState>> {
     ctx.data::<Arc<ApiState>>()
 }
 
+/// The span for work on one submission: every log line inside it carries the id, as the
+/// worker's `job` span does, so one id finds a submission's whole story in the logs.
+fn span(id: &str) -> tracing::Span {
+    tracing::info_span!("request", submission = %id)
+}
+
 /// Who is asking (auth.rs); anonymous when the transport set no caller.
 fn caller<'a>(ctx: &Context<'a>) -> Caller {
     ctx.data_opt::<Caller>()
@@ -409,7 +416,12 @@ impl QueryRoot {
     /// A submission by id; null when unknown or expired.
     async fn submission(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Submission>> {
         let s = state(ctx)?;
-        let record = s.broker.submission(&id).await.map_err(gql)?;
+        let record = s
+            .broker
+            .submission(&id)
+            .instrument(span(&id))
+            .await
+            .map_err(|e| span(&id).in_scope(|| gql(e)))?;
         Ok(visible(record, &caller(ctx)).map(Submission))
     }
 
@@ -496,7 +508,20 @@ impl MutationRoot {
             submission,
             request,
         };
-        s.broker.submit(&job).await.map_err(gql)?;
+        let span = span(&job.submission.id);
+        s.broker
+            .submit(&job)
+            .instrument(span.clone())
+            .await
+            .map_err(|e| span.in_scope(|| gql(e)))?;
+        span.in_scope(|| {
+            tracing::info!(
+                language = %job.request.language,
+                owner = job.submission.owner.as_deref().unwrap_or("-"),
+                tests = job.request.tests.len(),
+                "submitted"
+            );
+        });
         s.metrics.submitted();
         Ok(Submission(job.submission))
     }
@@ -505,17 +530,23 @@ impl MutationRoot {
     async fn cancel(&self, ctx: &Context<'_>, id: ID) -> Result<Submission> {
         let s = state(ctx)?;
         let who = caller(ctx);
-        let record = s.broker.submission(&id).await.map_err(gql)?;
-        let Some(mut record) = visible(record, &who) else {
-            return Err(ApiError::NotFound(id.0).extend());
-        };
-        if record.status != verdict_broker::Status::Finished {
-            record.message = Some("cancelled by the client".into());
-            record.finish(verdict_broker::Verdict::Cancelled);
-            s.broker.finish(&record).await.map_err(gql)?;
+        async {
+            let record = s.broker.submission(&id).await.map_err(gql)?;
+            let Some(mut record) = visible(record, &who) else {
+                return Err(ApiError::NotFound(id.to_string()).extend());
+            };
+            if record.status != verdict_broker::Status::Finished {
+                record.message = Some("cancelled by the client".into());
+                record.finish(verdict_broker::Verdict::Cancelled);
+                if s.broker.finish(&record).await.map_err(gql)?.is_some() {
+                    tracing::info!("cancelled");
+                }
+            }
+            let latest = s.broker.submission(&id).await.map_err(gql)?;
+            Ok(Submission(latest.unwrap_or(record)))
         }
-        let latest = s.broker.submission(&id).await.map_err(gql)?;
-        Ok(Submission(latest.unwrap_or(record)))
+        .instrument(span(&id))
+        .await
     }
 }
 
@@ -536,18 +567,26 @@ impl SubscriptionRoot {
     ) -> Result<impl Stream<Item = Result<SubmissionEvent>>> {
         let s = state(ctx)?;
         let after = u64::try_from(after_seq.unwrap_or(0).max(0)).unwrap_or(0);
+        let span = span(&id);
         // With API keys, only the owner may watch; others get the unknown-id error.
         // (On an open API nothing has an owner, so the extra read is skipped.)
         let who = caller(ctx);
         if who.owner().is_some() {
-            let record = s.broker.submission(&id).await.map_err(gql)?;
+            let record = s
+                .broker
+                .submission(&id)
+                .instrument(span.clone())
+                .await
+                .map_err(|e| span.in_scope(|| gql(e)))?;
             if visible(record, &who).is_none() {
                 return Err(ApiError::NotFound(id.0).extend());
             }
         }
         let events = watch(Arc::clone(&s.broker), &id, after)
+            .instrument(span.clone())
             .await
-            .map_err(gql)?;
+            .map_err(|e| span.in_scope(|| gql(e)))?;
+        span.in_scope(|| tracing::debug!(after, "subscribed"));
         let guard = s.metrics.subscription();
         let shutdown = s.shutdown.clone().cancelled_owned();
         Ok(events
@@ -558,7 +597,8 @@ impl SubscriptionRoot {
             })
             .map(move |item| {
                 let _alive = &guard;
-                item.map(SubmissionEvent::from).map_err(gql)
+                item.map(SubmissionEvent::from)
+                    .map_err(|e| span.in_scope(|| gql(e)))
             })
             .take_until(shutdown))
     }

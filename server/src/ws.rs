@@ -282,7 +282,7 @@ impl State {
         };
         match caller {
             Ok(caller) => {
-                let Some(slot) = self.conn.access.ws_key_connection(&caller) else {
+                let Some(slot) = self.conn.access.ws_key_connection(&caller).await else {
                     return Err(Close::new(4429, "Too many connections for this key"));
                 };
                 self.key_slot = Some(slot);

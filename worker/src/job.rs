@@ -153,7 +153,14 @@ impl Worker {
         let result = self.judge(job, &lang, slot, &cancel).await;
         watcher.abort();
         let submission = result?;
-        self.broker.finish(&submission).await?;
+        let verdict = submission.verdict.map(verdict_broker::wire_name);
+        let verdict = verdict.as_deref().unwrap_or("-");
+        if self.broker.finish(&submission).await?.is_some() {
+            tracing::info!(verdict, time_ms = submission.time_ms, "judged");
+        } else {
+            // A cancel (or a duplicate run) finished it first; our outcome is dropped.
+            tracing::info!(verdict, "finished elsewhere first; outcome discarded");
+        }
         Ok(())
     }
 
@@ -167,6 +174,7 @@ impl Worker {
         let id = &job.submission.id;
         let request = &job.request;
         let mut submission = job.submission.clone();
+        submission.started_at = Some(chrono::Utc::now());
         let sandbox = Arc::clone(&self.sandbox);
         let dir = Arc::new(tokio::task::spawn_blocking(move || sandbox.run_dir(slot)).await??);
         dir.write_file(&lang.source, request.source.as_bytes())?;

@@ -227,6 +227,7 @@ impl Worker {
             return;
         };
         self.running.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(slot, redeliveries = delivery.redeliveries, "started");
         let result = tokio::select! {
             result = self.process(&delivery.job, slot) => Some(result),
             _ = self.keep_lease(&delivery) => None,
