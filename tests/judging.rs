@@ -948,7 +948,8 @@ async fn limits_are_configurable_and_out_of_range_is_a_clear_error() {
     .await;
     assert_eq!(s["verdict"], "TIME_LIMIT_EXCEEDED");
     let cpu = int(&s["tests"][0]["timeMs"]);
-    assert!((280..1000).contains(&cpu), "default 300 ms CPU, used {cpu}");
+    eprintln!("busy loop with the default 300 ms CPU limit: {cpu} ms");
+    assert!((280..800).contains(&cpu), "default 300 ms CPU, used {cpu}");
     // A default above the maximum refuses to start.
     let out = Command::new(bin())
         .args([

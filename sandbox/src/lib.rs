@@ -7,9 +7,11 @@
 //! seccomp (last) → execve.
 //!
 //! The policy is plain data ([`SandboxConfig`], [`Limits`]); the Landlock ruleset and the
-//! BPF program are compiled in the parent. The parent enforces wall time, caps output while
-//! reading it, reaps with `wait4` and then kills everything the run left behind (every
-//! process of the slot uid, atomically, with `kill(-1)` from a helper running as that uid).
+//! BPF program are compiled in the parent. The parent enforces wall time and CPU time (it
+//! samples the slot's cpuacct cgroup, or `/proc/<pid>/stat` without one, and kills the run
+//! as soon as it is over; RLIMIT_CPU is only a backstop), caps output while reading it, reaps
+//! with `wait4` and then kills everything the run left behind (every process of the slot
+//! uid, atomically, with `kill(-1)` from a helper running as that uid).
 //!
 //! Blocking, no async: call [`Sandbox::run`] from a blocking thread.
 
@@ -34,7 +36,8 @@ pub use rundir::RunDir;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Limits {
-    /// CPU time (user + system) in milliseconds.
+    /// CPU time (user + system) in milliseconds, of the whole run (all its processes) when
+    /// the cpuacct cgroup is available, else of the main process and the children it reaped.
     pub cpu_ms: u64,
     /// Wall-clock time in milliseconds.
     pub wall_ms: u64,
@@ -260,6 +263,10 @@ pub struct Sandbox {
     cgroups: Option<cgroup::CgroupRoots>,
     slots: Mutex<HashMap<u32, Arc<Mutex<SlotState>>>>,
     reaper: bool,
+    /// Online CPUs: how many times faster than wall time a run's CPU time can grow.
+    cpus: u32,
+    /// `/proc/<pid>/stat` is readable: the CPU watch's fallback without a cpuacct cgroup.
+    proc_stat: bool,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -299,6 +306,8 @@ impl Sandbox {
             // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes no pointers.
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }
         };
+        // SAFETY: sysconf takes no pointers.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
         Ok(Sandbox {
             config,
             is_root,
@@ -308,6 +317,8 @@ impl Sandbox {
             cgroups,
             slots: Mutex::new(HashMap::new()),
             reaper,
+            cpus: u32::try_from(online).unwrap_or(1).max(1),
+            proc_stat: std::fs::File::open("/proc/self/stat").is_ok(),
         })
     }
 
@@ -451,11 +462,11 @@ impl Sandbox {
                 None => "disabled by configuration".into(),
             },
         });
-        let (mem, pids) = self
+        let (mem, pids, cpuacct) = self
             .cgroups
             .as_ref()
-            .map(|c| (c.memory.clone(), c.pids.clone()))
-            .unwrap_or((None, None));
+            .map(|c| (c.memory.clone(), c.pids.clone(), c.cpuacct.clone()))
+            .unwrap_or((None, None, None));
         out.push(LayerReport {
             name: "cgroup memory",
             active: mem.is_some(),
@@ -473,6 +484,24 @@ impl Sandbox {
             },
         });
         out.push(LayerReport {
+            name: "cgroup cpuacct",
+            active: cpuacct.is_some(),
+            detail: match &cpuacct {
+                Some(p) => format!(
+                    "v1 {} (CPU time of all the run's processes, sampled every <= 20 ms; \
+                     killed at the limit)",
+                    p.display()
+                ),
+                None if self.proc_stat => "unavailable: CPU time of the main process (and \
+                                           children it reaped) from /proc/<pid>/stat, \
+                                           killed at the limit"
+                    .into(),
+                None => {
+                    "unavailable, no /proc: CPU limited by RLIMIT_CPU only (whole seconds)".into()
+                }
+            },
+        });
+        out.push(LayerReport {
             name: "cgroup v2",
             active: false,
             detail: if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
@@ -485,7 +514,12 @@ impl Sandbox {
             name: "rlimits",
             active: true,
             detail: format!(
-                "CPU (+1 s hard), {}FSIZE, NOFILE, STACK, CORE=0{}",
+                "CPU ({}), {}FSIZE, NOFILE, STACK, CORE=0{}",
+                if cpuacct.is_some() || self.proc_stat {
+                    "backstop: limit rounded up to seconds + 1 s, +1 s hard"
+                } else {
+                    "limit rounded up to seconds, +1 s hard"
+                },
                 if mem.is_some() { "" } else { "DATA, " },
                 if ids.is_some() {
                     ", NPROC per slot uid"

@@ -2,17 +2,24 @@
 //! wall time, reap with `wait4`, then kill and reap whatever the run left behind.
 
 use std::ffi::CString;
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::cgroup::{Before, SlotCgroup};
 use crate::child::{self, ChildPlan, Stage};
 use crate::{LimitHit, Outcome, RunSpec, Sandbox, SandboxError, StreamKind};
 
 /// Cancel flag poll interval.
 const CANCEL_TICK: Duration = Duration::from_millis(20);
+/// Longest gap between two samples of the run's CPU time.
+const CPU_TICK: Duration = Duration::from_millis(20);
+/// Shortest gap between two samples, near the limit: never a busy loop.
+const CPU_TICK_MIN: Duration = Duration::from_millis(2);
 /// How long we wait for killed leftovers to be reaped.
 const REAP_GRACE: Duration = Duration::from_millis(250);
 
@@ -68,14 +75,17 @@ fn rlimit(cur: u64, max: u64) -> libc::rlimit {
 }
 
 /// The rlimits for a run, clamped to our own hard limits (an unprivileged worker cannot
-/// raise them).
+/// raise them). When the parent watches the run's CPU time (`cpu_watched`), RLIMIT_CPU is
+/// only a backstop, a second above the limit rounded up to seconds (its granularity), for
+/// when the parent cannot get scheduled; otherwise it is the enforcement.
 fn rlimits(
     spec: &RunSpec<'_>,
     data_limit: bool,
     nproc: bool,
+    cpu_watched: bool,
 ) -> Vec<(libc::__rlimit_resource_t, libc::rlimit)> {
     let l = &spec.limits;
-    let cpu_s = l.cpu_ms.div_ceil(1000).max(1);
+    let cpu_s = l.cpu_ms.div_ceil(1000).max(1) + u64::from(cpu_watched);
     let mem = l.memory_kb.saturating_mul(1024);
     let stack = if l.stack_kb == 0 {
         mem
@@ -110,6 +120,115 @@ fn rlimits(
         }
     }
     v
+}
+
+/// Where the parent reads the run's CPU time from while it runs.
+///
+/// The slot's cpuacct cgroup is preferred: `cpuacct.usage` is exact (ns, scheduler
+/// accounting) and counts every process of the run, so forking N busy children cannot use
+/// N times the limit, and a child that died unreaped still counts. Without it (not root, no
+/// cgroups), `/proc/<pid>/stat` of the main process: utime + stime of all its threads plus
+/// cutime + cstime of the children it has reaped — what `wait4` reports at the end, so the
+/// watch and the final verdict agree — in clock ticks (10 ms). Children it has not reaped are
+/// invisible there and only bounded by their own RLIMIT_CPU.
+enum CpuSource<'a> {
+    Cgroup(&'a SlotCgroup, Before),
+    ProcStat { file: File, tick_ns: u64 },
+}
+
+impl CpuSource<'_> {
+    /// For `pid`, our unreaped child (so the pid cannot be reused while we read it).
+    fn open(
+        cgroup: Option<&SlotCgroup>,
+        before: Option<Before>,
+        pid: libc::pid_t,
+    ) -> Option<CpuSource<'_>> {
+        if let (Some(c), Some(b)) = (cgroup, before) {
+            if c.has_cpuacct() {
+                return Some(CpuSource::Cgroup(c, b));
+            }
+        }
+        // SAFETY: sysconf takes no pointers.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
+        let file = File::open(format!("/proc/{pid}/stat")).ok()?;
+        Some(CpuSource::ProcStat {
+            file,
+            tick_ns: 1_000_000_000 / hz,
+        })
+    }
+
+    /// CPU time used so far, in ns.
+    fn used_ns(&self) -> Option<u64> {
+        match self {
+            CpuSource::Cgroup(c, b) => c.cpu_ns(*b),
+            CpuSource::ProcStat { file, tick_ns } => {
+                let mut buf = [0u8; 1024];
+                let n = file.read_at(&mut buf, 0).ok()?;
+                proc_stat_ticks(&buf[..n]).map(|t| t.saturating_mul(*tick_ns))
+            }
+        }
+    }
+}
+
+/// utime + stime + cutime + cstime (fields 14-17) of a `/proc/<pid>/stat` line. The command
+/// name (field 2) is the program's choice and may hold spaces and parentheses: fields are
+/// counted after its last `)`.
+fn proc_stat_ticks(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    // Field 3 (state) is the first after the name, so field k is at index k - 3.
+    rest.split_ascii_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|f| f.parse::<u64>().ok())
+        .try_fold((0u64, 0), |(sum, n), t| {
+            Some((sum.saturating_add(t?), n + 1))
+        })
+        .and_then(|(sum, n)| (n == 4).then_some(sum))
+}
+
+/// Kills the run as soon as its CPU time exceeds the limit. Sampling is paced by the
+/// earliest moment the limit could be reached: CPU time grows at most `cpus` times as fast
+/// as wall time, so with `r` ns left the next sample is due in `r / cpus` — every
+/// `CPU_TICK` while far from the limit, down to `CPU_TICK_MIN` close to it. The kill lands
+/// within a few ms of CPU past the limit, plus the time to deliver SIGKILL.
+struct CpuWatch<'a> {
+    source: Option<CpuSource<'a>>,
+    limit_ns: u64,
+    cpus: u32,
+    next: Instant,
+}
+
+impl CpuWatch<'_> {
+    /// Samples when due. Returns true when the limit is exceeded.
+    fn over_limit(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        let Some(source) = &self.source else {
+            return false;
+        };
+        let Some(used) = source.used_ns() else {
+            // Unreadable (should not happen): RLIMIT_CPU and the final check remain.
+            self.source = None;
+            return false;
+        };
+        if used > self.limit_ns {
+            return true;
+        }
+        let left = Duration::from_nanos((self.limit_ns - used) / u64::from(self.cpus.max(1)));
+        self.next = now + left.clamp(CPU_TICK_MIN, CPU_TICK);
+        false
+    }
+
+    /// How long the poll may sleep before the next sample.
+    fn until_next(&self, now: Instant) -> Duration {
+        match self.source {
+            Some(_) => self.next.saturating_duration_since(now),
+            None => Duration::MAX,
+        }
+    }
 }
 
 fn kill_group(pid: libc::pid_t) {
@@ -336,7 +455,8 @@ pub(crate) fn run(
         .as_ref()
         .map(|c| c.procs_fds())
         .unwrap_or_default();
-    let limits = rlimits(spec, !has_mem_cg, ids.is_some());
+    let cpu_watched = slot.cgroup.as_ref().is_some_and(|c| c.has_cpuacct()) || sb.proc_stat;
+    let limits = rlimits(spec, !has_mem_cg, ids.is_some(), cpu_watched);
 
     let proc_fs =
         (ids.is_some() && sb.config.proc_when_uid_dropped).then_some(std::path::Path::new("/proc"));
@@ -413,8 +533,14 @@ pub(crate) fn run(
         on_output,
     };
     let deadline = start + Duration::from_millis(spec.limits.wall_ms);
+    let cpu = CpuWatch {
+        source: CpuSource::open(slot.cgroup.as_ref(), before, pid),
+        limit_ns: spec.limits.cpu_ms.saturating_mul(1_000_000),
+        cpus: sb.cpus,
+        next: start,
+    };
     let limit = supervise_io(
-        pid, spec.stdin, stdin_w, stdout_r, stderr_r, deadline, cancel, &mut sink,
+        pid, spec.stdin, stdin_w, stdout_r, stderr_r, deadline, cpu, cancel, &mut sink,
     );
 
     // Kill the group while the leader is still unreaped (its pgid cannot be recycled yet).
@@ -431,15 +557,18 @@ pub(crate) fn run(
         );
     }
 
-    let mem_cg = match (&slot.cgroup, before) {
-        (Some(c), Some(b)) => c.memory_after(b),
-        _ => None,
+    let (mem_cg, cg_cpu_ns) = match (&slot.cgroup, before) {
+        (Some(c), Some(b)) => (c.memory_after(b), c.cpu_ns(b)),
+        _ => (None, None),
     };
     drop(slot);
 
     let exit_code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
     let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
-    let cpu_ms = timeval_ms(usage.ru_utime) + timeval_ms(usage.ru_stime);
+    // The cpuacct cgroup also counts children the program did not reap (killed with it),
+    // read after the cleanup so everything the run started is in.
+    let cpu_ms = (timeval_ms(usage.ru_utime) + timeval_ms(usage.ru_stime))
+        .max(cg_cpu_ns.map_or(0, |ns| ns / 1_000_000));
     let rss_kb = usage.ru_maxrss.max(0) as u64;
     // ru_maxrss also counts the worker's pages the child shared between clone(CLONE_VM)
     // and execve (~24 MB here), so a tiny program looked big. The memory cgroup's peak,
@@ -509,6 +638,7 @@ fn supervise_io(
     stdout_r: OwnedFd,
     stderr_r: OwnedFd,
     deadline: Instant,
+    mut cpu: CpuWatch<'_>,
     cancel: &AtomicBool,
     sink: &mut Sink<'_>,
 ) -> Option<LimitHit> {
@@ -525,11 +655,15 @@ fn supervise_io(
             return Some(LimitHit::Cancelled);
         }
         let now = Instant::now();
+        if cpu.over_limit(now) {
+            kill_group(pid);
+            return Some(LimitHit::CpuTime);
+        }
         if now >= deadline {
             kill_group(pid);
             return Some(LimitHit::WallTime);
         }
-        let mut timeout = (deadline - now).min(CANCEL_TICK);
+        let mut timeout = (deadline - now).min(CANCEL_TICK).min(cpu.until_next(now));
         // Without a pidfd, notice the exit by polling.
         if pidfd.is_none() {
             if exited_nowait(pid) {
@@ -799,5 +933,18 @@ fn reap_orphans(uid: u32, cg: Option<&crate::cgroup::SlotCgroup>) -> usize {
             return reaped;
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proc_stat_ticks;
+
+    #[test]
+    fn proc_stat_fields_are_counted_after_the_last_parenthesis() {
+        let line = b"4242 (a) b) (c d) R 1 4242 4242 0 -1 4194304 100 0 0 0 31 7 2 1 20 0 1 0";
+        assert_eq!(proc_stat_ticks(line), Some(31 + 7 + 2 + 1));
+        assert_eq!(proc_stat_ticks(b"1 (x) R 1 1 1 0 -1 0 0 0 0 0 5"), None);
+        assert_eq!(proc_stat_ticks(b"garbage"), None);
     }
 }

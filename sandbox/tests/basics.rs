@@ -262,5 +262,11 @@ fn layers_are_applied_in_the_child() {
             "{text}"
         );
     }
+    if active("cgroup cpuacct") {
+        assert!(
+            text.contains(&format!("cpuacct:/verdict/slot-{slot}")),
+            "{text}"
+        );
+    }
     assert!(active("landlock") && active("seccomp"));
 }

@@ -514,3 +514,117 @@ fn background_child_holding_pipes_does_not_stall_the_run() {
     assert_eq!(stdout(&o), "started\n", "{o:?}");
     assert!(t.elapsed().as_millis() < 2_000, "{:?}", t.elapsed());
 }
+
+#[test]
+fn busy_loop_is_killed_soon_after_its_cpu_limit() {
+    // RLIMIT_CPU alone counts whole seconds: a 300 ms limit let it burn a full second.
+    let slot = SLOT_BASE + 40;
+    let limits = Limits {
+        cpu_ms: 300,
+        wall_ms: 10_000,
+        ..Limits::default()
+    };
+    let o = c(
+        "busy300",
+        "int main(){ volatile unsigned long x = 0; for(;;) x++; }",
+        &[],
+        limits,
+        slot,
+    );
+    eprintln!(
+        "busy loop, 300 ms CPU limit: {} ms CPU, {} ms wall",
+        o.cpu_ms, o.wall_ms
+    );
+    assert_eq!(o.limit, Some(LimitHit::CpuTime), "{o:?}");
+    assert_eq!(
+        o.signal,
+        Some(libc::SIGKILL),
+        "killed by the parent, not SIGXCPU: {o:?}"
+    );
+    assert!((300..700).contains(&o.cpu_ms), "{o:?}");
+    assert_normal_run_still_works(slot);
+}
+
+#[test]
+fn forked_busy_children_share_one_cpu_limit() {
+    let slot = SLOT_BASE + 41;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let layer = sandbox()
+            .report()
+            .into_iter()
+            .find(|l| l.name == "cgroup cpuacct")
+            .expect("cpuacct layer reported");
+        assert!(layer.active, "{layer:?}");
+    }
+    let limits = Limits {
+        cpu_ms: 500,
+        wall_ms: 10_000,
+        ..Limits::default()
+    };
+    // Four busy children, each below any per-process limit for a while: only the slot's
+    // cpuacct cgroup sees their sum. Per process (RLIMIT_CPU) they would burn 4 s.
+    let o = run(
+        slot,
+        "/bin/sh",
+        &[
+            "-c",
+            "for i in 1 2 3 4; do (while :; do :; done) & done; wait",
+        ],
+        b"",
+        limits,
+    );
+    eprintln!(
+        "4 busy children, 500 ms CPU limit: {} ms CPU in total, {} ms wall",
+        o.cpu_ms, o.wall_ms
+    );
+    assert_eq!(o.limit, Some(LimitHit::CpuTime), "{o:?}");
+    assert!((500..900).contains(&o.cpu_ms), "{o:?}");
+    assert!(o.wall_ms < 2_000, "{o:?}");
+    // The slot's CPU count starts from zero again for the next run.
+    let o = run(slot, "/bin/true", &[], b"", limits);
+    assert!(o.success(), "{o:?}");
+    assert!(o.cpu_ms < 100, "a fresh run starts from zero: {o:?}");
+    assert_normal_run_still_works(slot);
+}
+
+#[test]
+fn busy_loop_without_cgroups_is_killed_via_proc_stat() {
+    // The fallback watch (no cpuacct cgroup, e.g. not root): /proc/<pid>/stat of the main
+    // process, in 10 ms clock ticks.
+    let sb = verdict_sandbox::Sandbox::new(verdict_sandbox::SandboxConfig {
+        base_dir: std::path::PathBuf::from("/tmp/verdict-sandbox-tests"),
+        cgroup_name: None,
+        ..verdict_sandbox::SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let slot = SLOT_BASE + 42;
+    let bin = compile_c(
+        "busy300nocg",
+        "int main(){ volatile unsigned long x = 0; for(;;) x++; }",
+    );
+    let dir = sb.run_dir(slot).expect("run dir");
+    dir.write_file_mode("busy", &bin, 0o700).expect("write");
+    let spec = verdict_sandbox::RunSpec {
+        program: dir.path().join("busy"),
+        args: Vec::new(),
+        env: env_for(&dir),
+        stdin: b"",
+        dir: &dir,
+        slot,
+        limits: Limits {
+            cpu_ms: 300,
+            wall_ms: 10_000,
+            ..Limits::default()
+        },
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let o = sb.run(&spec, &mut |_, _| {}, &cancel).expect("run");
+    eprintln!(
+        "busy loop, no cgroups, 300 ms CPU limit: {} ms CPU, {} ms wall",
+        o.cpu_ms, o.wall_ms
+    );
+    assert_eq!(o.limit, Some(LimitHit::CpuTime), "{o:?}");
+    assert_eq!(o.signal, Some(libc::SIGKILL), "{o:?}");
+    assert!((300..700).contains(&o.cpu_ms), "{o:?}");
+}
