@@ -76,6 +76,10 @@ struct WorkerTuning {
     /// A job whose worker died this many times is finished as INTERNAL_ERROR.
     #[arg(long, env = "VERDICT_MAX_REDELIVERIES", default_value_t = 3)]
     max_redeliveries: u64,
+    /// Leave the cgroup2 mount alone: do not remount it with `favordynmods` (then a run
+    /// after idle pays 10-15 ms to join its cgroups; see README, "Sandbox").
+    #[arg(long, env = "VERDICT_NO_FAVORDYNMODS")]
+    no_favordynmods: bool,
 }
 
 /// Limits of submitted programs: the default when a submission names none, and the
@@ -433,7 +437,11 @@ async fn start_worker(
     broker_args: &BrokerArgs,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, BoxError> {
-    let sandbox = tokio::task::spawn_blocking(|| Sandbox::new(SandboxConfig::default())).await??;
+    let sandbox_config = SandboxConfig {
+        favor_dynmods: !tuning.no_favordynmods,
+        ..SandboxConfig::default()
+    };
+    let sandbox = tokio::task::spawn_blocking(|| Sandbox::new(sandbox_config)).await??;
     for layer in sandbox.report() {
         tracing::info!(layer = layer.name, active = layer.active, detail = %layer.detail, "sandbox layer");
     }
@@ -508,11 +516,15 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             }
         }
         Command::Doctor => {
-            let sandbox =
-                tokio::task::spawn_blocking(|| Sandbox::new(SandboxConfig::default())).await??;
+            // Looks only: a diagnosis does not remount cgroup2.
+            let config = SandboxConfig {
+                favor_dynmods: false,
+                ..SandboxConfig::default()
+            };
+            let sandbox = tokio::task::spawn_blocking(|| Sandbox::new(config)).await??;
             for layer in sandbox.report() {
                 println!(
-                    "{:<14} {:<8} {}",
+                    "{:<20} {:<8} {}",
                     layer.name,
                     if layer.active { "active" } else { "INACTIVE" },
                     layer.detail

@@ -14,6 +14,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -280,4 +281,139 @@ fn oom_kills(file: &File) -> u64 {
         .find_map(|l| l.strip_prefix("oom_kill "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// What [`favor_dynmods`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DynMods {
+    /// The cgroup2 mount at this path already had `favordynmods`.
+    AlreadyOn(PathBuf),
+    /// We remounted the cgroup2 mount at this path with `favordynmods`.
+    TurnedOn(PathBuf),
+    /// Not available, and why.
+    Off(String),
+}
+
+/// Turns on the kernel's `favordynmods` cgroup mode by remounting the cgroup2 mount with it.
+///
+/// Why: joining a cgroup takes the global `cgroup_threadgroup_rwsem` for writing. In its
+/// default (percpu) mode that waits for an RCU grace period, which on vCPUs that just went
+/// idle took 12–15 ms: every run after a pause paid it (python `print(1)`: 23.6 ms
+/// sandboxed vs 10.9 ms bare after 40 ms idle, `verdict-bench --example sandbox_idle`).
+/// With `favordynmods` the rwsem stays in its slow-reader mode, migrations are immediate
+/// (10.5 vs 10.2 ms measured) and forks/exits pay a little more, the trade a judge
+/// wants. The mode is global, so setting it on the cgroup2 root also speeds up the v1
+/// hierarchies we join. The remount keeps every other option of the mount (cgroup2
+/// reconfiguration resets the root options it is not given).
+/// With `apply` false it only looks (for `verdict doctor`, which must not change the
+/// system).
+pub(crate) fn favor_dynmods(apply: bool) -> DynMods {
+    let mounts = match std::fs::read_to_string("/proc/self/mounts") {
+        Ok(m) => m,
+        Err(e) => return DynMods::Off(format!("cannot read /proc/self/mounts: {e}")),
+    };
+    let Some((path, options)) = mounts.lines().find_map(|line| {
+        let mut f = line.split(' ');
+        let (_dev, path, fstype, options) = (f.next()?, f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| (unescape_mount_path(path), options.to_owned()))
+    }) else {
+        return DynMods::Off(
+            "no cgroup2 mount (boot with cgroup_favordynmods=true to get the same)".into(),
+        );
+    };
+    let options: Vec<&str> = options.split(',').collect();
+    if options.contains(&"favordynmods") {
+        return DynMods::AlreadyOn(path);
+    }
+    if !apply {
+        return DynMods::Off(format!(
+            "{} is mounted without favordynmods",
+            path.display()
+        ));
+    }
+    // Per-mount flags are reset by a remount unless given again (as mount(8) does).
+    let mut flags: libc::c_ulong = libc::MS_REMOUNT;
+    let mut data = vec!["favordynmods"];
+    for option in &options {
+        match *option {
+            "ro" => flags |= libc::MS_RDONLY,
+            "nosuid" => flags |= libc::MS_NOSUID,
+            "nodev" => flags |= libc::MS_NODEV,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "relatime" => flags |= libc::MS_RELATIME,
+            "noatime" => flags |= libc::MS_NOATIME,
+            "nodiratime" => flags |= libc::MS_NODIRATIME,
+            "strictatime" => flags |= libc::MS_STRICTATIME,
+            "nsdelegate"
+            | "memory_localevents"
+            | "memory_recursiveprot"
+            | "memory_hugetlb_accounting"
+            | "pids_localevents" => data.push(option),
+            _ => {}
+        }
+    }
+    let (Ok(target), Ok(data_c)) = (
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()),
+        std::ffi::CString::new(data.join(",")),
+    ) else {
+        return DynMods::Off("mount path with a NUL byte".into());
+    };
+    // SAFETY: `target` and `data_c` are NUL-terminated strings that outlive the call;
+    // source and fstype may be NULL for a remount.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            data_c.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        DynMods::TurnedOn(path)
+    } else {
+        DynMods::Off(format!(
+            "remounting {} with favordynmods failed: {}",
+            path.display(),
+            io::Error::last_os_error()
+        ))
+    }
+}
+
+/// /proc/self/mounts writes space, tab, newline and backslash in paths as `\ooo`.
+fn unescape_mount_path(raw: &str) -> PathBuf {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let Some(d) = octal {
+            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+#[cfg(test)]
+mod dynmods_tests {
+    use super::*;
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mount_path("/sys/fs/cgroup/unified"),
+            PathBuf::from("/sys/fs/cgroup/unified")
+        );
+        assert_eq!(
+            unescape_mount_path(r"/a\040b\134c"),
+            PathBuf::from(r"/a b\c")
+        );
+        assert_eq!(unescape_mount_path(r"/odd\04"), PathBuf::from(r"/odd\04"));
+    }
 }

@@ -270,3 +270,94 @@ fn layers_are_applied_in_the_child() {
     }
     assert!(active("landlock") && active("seccomp"));
 }
+
+/// The cgroup2 mount (path, options) from /proc/self/mounts.
+fn cgroup2_mount() -> Option<(String, Vec<String>)> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| {
+            (
+                f[1].to_owned(),
+                f[3].split(',').map(str::to_owned).collect(),
+            )
+        })
+    })
+}
+
+#[test]
+fn cgroup2_is_remounted_with_favordynmods_keeping_its_other_options() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let Some((path, options)) = cgroup2_mount().filter(|_| root) else {
+        eprintln!("skipped: needs root and a cgroup2 mount");
+        return;
+    };
+    // Turn the mode off first with a raw remount (mount(8) would merge the current options
+    // back in). Other tests' sandboxes may turn it on again at any moment; that is fine.
+    let kept: Vec<&String> = options.iter().filter(|o| *o != "favordynmods").collect();
+    let mut flags = libc::MS_REMOUNT;
+    if kept.iter().any(|o| *o == "relatime") {
+        flags |= libc::MS_RELATIME;
+    }
+    for (name, flag) in [
+        ("nosuid", libc::MS_NOSUID),
+        ("nodev", libc::MS_NODEV),
+        ("noexec", libc::MS_NOEXEC),
+    ] {
+        if kept.iter().any(|o| *o == name) {
+            flags |= flag;
+        }
+    }
+    let data: Vec<&str> = kept
+        .iter()
+        .map(|o| o.as_str())
+        .filter(|o| o.starts_with("nsdelegate") || o.starts_with("memory_"))
+        .collect();
+    let target = std::ffi::CString::new(path.clone()).unwrap();
+    let data = std::ffi::CString::new(data.join(",")).unwrap();
+    // SAFETY: NUL-terminated strings that outlive the call; NULL source/fstype on remount.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    assert_eq!(rc, 0, "remount: {}", std::io::Error::last_os_error());
+
+    let config = || verdict_sandbox::SandboxConfig {
+        base_dir: std::path::PathBuf::from("/tmp/verdict-sandbox-tests-dynmods"),
+        ..verdict_sandbox::SandboxConfig::default()
+    };
+    let sb = verdict_sandbox::Sandbox::new(config()).expect("sandbox");
+    let (_, after) = cgroup2_mount().expect("still mounted");
+    assert!(after.iter().any(|o| o == "favordynmods"), "{after:?}");
+    for o in &kept {
+        assert!(after.contains(o), "lost {o}: {after:?}");
+    }
+    let layer = sb
+        .report()
+        .into_iter()
+        .find(|l| l.name == "cgroup favordynmods")
+        .expect("reported");
+    assert!(layer.active, "{}", layer.detail);
+    // Looking only (as `verdict doctor` does) reports it on and changes nothing.
+    let look = verdict_sandbox::Sandbox::new(verdict_sandbox::SandboxConfig {
+        favor_dynmods: false,
+        ..config()
+    })
+    .expect("sandbox");
+    let layer = look
+        .report()
+        .into_iter()
+        .find(|l| l.name == "cgroup favordynmods")
+        .expect("reported");
+    assert!(
+        layer.active && layer.detail.starts_with("already on"),
+        "{}",
+        layer.detail
+    );
+}
