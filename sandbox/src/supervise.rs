@@ -198,14 +198,76 @@ struct CpuWatch<'a> {
     limit_ns: u64,
     cpus: u32,
     next: Instant,
+    /// Sampled at the same moments as the CPU time.
+    memory: Option<ThrashWatch<'a>>,
+}
+
+/// How long a run may stay pressed against its memory limit, with most of it anonymous
+/// memory, before it counts as out of memory.
+const THRASH_AFTER: Duration = Duration::from_secs(1);
+
+/// Detects a run that thrashes at its memory limit instead of being OOM-killed.
+///
+/// Without swap, a memory cgroup at its limit reclaims page cache, and as long as that
+/// frees something the OOM killer does not fire. A compiler needing 200 MB under a 64 MB
+/// limit then keeps evicting and re-reading its own binary and headers: measured, 46 MB
+/// anonymous + 18 MB of file pages, `memory.failcnt` rising ~160k/s, and no progress until
+/// the wall limit 30 s later. A run whose charges keep hitting the limit (failcnt rises at
+/// every sample) for [`THRASH_AFTER`] while at least half the limit is anonymous memory
+/// is out of memory in every sense that matters; it is stopped as MEMORY_LIMIT. A program
+/// streaming a big file through the page cache also hits the limit at every sample, but
+/// with little anonymous memory, so it is left alone.
+struct ThrashWatch<'a> {
+    cgroup: &'a SlotCgroup,
+    limit: u64,
+    last_hits: u64,
+    pressed_since: Option<Instant>,
+}
+
+impl<'a> ThrashWatch<'a> {
+    fn new(cgroup: Option<&'a SlotCgroup>) -> Option<Self> {
+        let cgroup = cgroup?;
+        Some(ThrashWatch {
+            limit: cgroup.memory_limit()?,
+            last_hits: cgroup.limit_hits()?,
+            cgroup,
+            pressed_since: None,
+        })
+    }
+
+    fn thrashing(&mut self, now: Instant) -> bool {
+        let Some(hits) = self.cgroup.limit_hits() else {
+            return false;
+        };
+        if hits > self.last_hits {
+            self.pressed_since.get_or_insert(now);
+        } else {
+            self.pressed_since = None;
+        }
+        self.last_hits = hits;
+        self.pressed_since
+            .is_some_and(|since| now.duration_since(since) >= THRASH_AFTER)
+            && self
+                .cgroup
+                .anon_bytes()
+                .is_some_and(|anon| anon.saturating_mul(2) >= self.limit)
+    }
 }
 
 impl CpuWatch<'_> {
-    /// Samples when due. Returns true when the limit is exceeded.
-    fn over_limit(&mut self, now: Instant) -> bool {
+    /// Samples when due: the limit hit, if any (CPU time, or memory by thrashing).
+    fn check(&mut self, now: Instant) -> Option<LimitHit> {
         if now < self.next {
-            return false;
+            return None;
         }
+        if self.memory.as_mut().is_some_and(|m| m.thrashing(now)) {
+            return Some(LimitHit::Memory);
+        }
+        self.over_limit(now).then_some(LimitHit::CpuTime)
+    }
+
+    /// Samples the CPU time. Returns true when the limit is exceeded.
+    fn over_limit(&mut self, now: Instant) -> bool {
         let Some(source) = &self.source else {
             return false;
         };
@@ -538,6 +600,7 @@ pub(crate) fn run(
         limit_ns: spec.limits.cpu_ms.saturating_mul(1_000_000),
         cpus: sb.cpus,
         next: start,
+        memory: ThrashWatch::new(slot.cgroup.as_ref()),
     };
     let limit = supervise_io(
         pid, spec.stdin, stdin_w, stdout_r, stderr_r, deadline, cpu, cancel, &mut sink,
@@ -655,9 +718,9 @@ fn supervise_io(
             return Some(LimitHit::Cancelled);
         }
         let now = Instant::now();
-        if cpu.over_limit(now) {
+        if let Some(hit) = cpu.check(now) {
             kill_group(pid);
-            return Some(LimitHit::CpuTime);
+            return Some(hit);
         }
         if now >= deadline {
             kill_group(pid);
