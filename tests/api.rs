@@ -655,17 +655,24 @@ async fn submits_over_the_rate_are_rate_limited_with_a_retry_hint() {
     );
 }
 
-#[tokio::test]
-async fn two_servers_on_redis_share_the_submit_count() {
+/// Two `verdict server`s on one Redis namespace with `extra` flags; also the Redis URL
+/// and namespace, for workers.
+fn two_servers_on_redis(extra: &[&str]) -> (Server, Server, String, String) {
     let (url, ns) = (verdict_testkit::redis_url(), verdict_testkit::namespace());
-    let server = |_: u8| {
+    let server = || {
         spawn(
             &["server", "--redis-url", &url],
-            &["--submits-per-minute", "3"],
+            extra,
             &[("VERDICT_REDIS_NAMESPACE", &ns)],
         )
     };
-    let (a, b) = (server(1), server(2));
+    let (a, b) = (server(), server());
+    (a, b, url, ns)
+}
+
+#[tokio::test]
+async fn two_servers_on_redis_share_the_submit_count() {
+    let (a, b, _, _) = two_servers_on_redis(&["--submits-per-minute", "3"]);
     for s in [&a, &b, &a] {
         let body = submit_as(s, None, "print(1)").await;
         assert_eq!(body["data"]["submit"]["status"], "QUEUED", "{body}");
@@ -719,21 +726,13 @@ fn keys_file() -> std::path::PathBuf {
 
 #[tokio::test]
 async fn websocket_connections_per_key_are_capped_across_servers() {
-    let (url, ns) = (verdict_testkit::redis_url(), verdict_testkit::namespace());
     let file = keys_file();
-    let server = |_: u8| {
-        spawn(
-            &["server", "--redis-url", &url],
-            &[
-                "--api-keys",
-                file.to_str().unwrap(),
-                "--max-ws-per-key",
-                "2",
-            ],
-            &[("VERDICT_REDIS_NAMESPACE", &ns)],
-        )
-    };
-    let (a, b) = (server(1), server(2));
+    let (a, b, _, _) = two_servers_on_redis(&[
+        "--api-keys",
+        file.to_str().unwrap(),
+        "--max-ws-per-key",
+        "2",
+    ]);
     let alice = || json!({ "authorization": "Bearer key-alice" });
     let first = Raw::init(&a, alice()).await;
     let _second = Raw::init(&b, alice()).await;
@@ -862,15 +861,7 @@ fn scrape(text: &str) -> HashMap<String, f64> {
 #[tokio::test]
 async fn metrics_parse_and_move_with_submissions() {
     let server = standalone(&[]);
-    let get = || async {
-        let text = reqwest::get(format!("{}/metrics", server.http()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        scrape(&text)
-    };
+    let get = || async { scrape(&server.metrics().await) };
     let before = get().await;
     for _ in 0..3 {
         submit_as(&server, None, "print(1)").await;
@@ -923,21 +914,13 @@ async fn metrics_parse_and_move_with_submissions() {
 
 #[tokio::test]
 async fn unfinished_submissions_per_key_are_capped_across_servers() {
-    let (url, ns) = (verdict_testkit::redis_url(), verdict_testkit::namespace());
     let file = keys_file();
-    let server = |_: u8| {
-        spawn(
-            &["server", "--redis-url", &url],
-            &[
-                "--api-keys",
-                file.to_str().unwrap(),
-                "--max-unfinished-per-key",
-                "2",
-            ],
-            &[("VERDICT_REDIS_NAMESPACE", &ns)],
-        )
-    };
-    let (a, b) = (server(1), server(2));
+    let (a, b, url, ns) = two_servers_on_redis(&[
+        "--api-keys",
+        file.to_str().unwrap(),
+        "--max-unfinished-per-key",
+        "2",
+    ]);
     // No worker yet: submissions stay unfinished.
     for s in [&a, &b] {
         let body = submit_as(s, Some("key-alice"), "print(1)").await;
@@ -967,12 +950,7 @@ async fn unfinished_submissions_per_key_are_capped_across_servers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", b.port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = b.metrics().await;
     assert!(
         text.contains("verdict_verdicts_total{verdict=\"ACCEPTED\"}"),
         "{text}"

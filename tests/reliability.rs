@@ -275,12 +275,7 @@ async fn open_subscriptions_survive_a_redis_restart_with_aof() {
         ok += 1;
     }
     // The server counted its reconnects (command and Pub/Sub connections at least).
-    let metrics = reqwest::get(format!("{}/metrics", server.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let reconnects: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("verdict_redis_reconnects_total "))

@@ -122,8 +122,8 @@ const DROP_LEFTOVER_ABOVE: u64 = 32 << 20;
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Before {
     oom_kills: u64,
-    /// Bytes already charged when the run starts (page cache left by earlier runs of the
-    /// slot); the run's peak is measured above it.
+    /// Page cache (bytes) earlier runs of the slot left charged to it; the run's peak is
+    /// measured above it.
     baseline: u64,
     /// `memory.failcnt` when the run starts: it grows when the run hits its limit.
     failcnt: u64,
@@ -234,7 +234,10 @@ impl SlotCgroup {
                 let _ = write_str(&m.force_empty, "0");
             }
             let _ = write_str(&m.max_usage, "0");
-            before.baseline = read_u64(&m.usage).unwrap_or(0);
+            // Only the page cache is subtracted, not kernel objects (dentries, inodes) the
+            // last run left: those are freed lazily, often during this run, and subtracting
+            // them made a C program touching 100 MiB read 102396 KiB.
+            before.baseline = stat_value(&m.stat, "cache").unwrap_or(0);
             before.failcnt = read_u64(&m.failcnt).unwrap_or(0);
             before.oom_kills = oom_kills(&m.oom_control);
         }
@@ -278,14 +281,7 @@ impl SlotCgroup {
 
     /// Anonymous memory (bytes) charged to the slot: what reclaim cannot free without swap.
     pub(crate) fn anon_bytes(&self) -> Option<u64> {
-        let m = self.memory.as_ref()?;
-        let mut buf = [0u8; 4096];
-        let n = m.stat.read_at(&mut buf, 0).ok()?;
-        std::str::from_utf8(&buf[..n])
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("rss "))
-            .and_then(|v| v.trim().parse().ok())
+        stat_value(&self.memory.as_ref()?.stat, "rss")
     }
 
     /// The memory limit set for the current run.
@@ -313,6 +309,17 @@ impl SlotCgroup {
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
     }
+}
+
+/// One `name value` line of a v1 `memory.stat`.
+fn stat_value(stat: &File, name: &str) -> Option<u64> {
+    let mut buf = [0u8; 4096];
+    let n = stat.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn oom_kills(file: &File) -> u64 {

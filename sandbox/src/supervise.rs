@@ -188,12 +188,14 @@ fn proc_stat_ticks(stat: &[u8]) -> Option<u64> {
         .and_then(|(sum, n)| (n == 4).then_some(sum))
 }
 
-/// Kills the run as soon as its CPU time exceeds the limit. Sampling is paced by the
+/// Watches a running program: kills it as soon as its CPU time exceeds the limit, or when
+/// it thrashes at its memory limit ([`ThrashWatch`], sampled at the same moments). Sampling
+/// is paced by the
 /// earliest moment the limit could be reached: CPU time grows at most `cpus` times as fast
 /// as wall time, so with `r` ns left the next sample is due in `r / cpus` — every
 /// `CPU_TICK` while far from the limit, down to `CPU_TICK_MIN` close to it. The kill lands
 /// within a few ms of CPU past the limit, plus the time to deliver SIGKILL.
-struct CpuWatch<'a> {
+struct RunWatch<'a> {
     source: Option<CpuSource<'a>>,
     limit_ns: u64,
     cpus: u32,
@@ -254,7 +256,7 @@ impl<'a> ThrashWatch<'a> {
     }
 }
 
-impl CpuWatch<'_> {
+impl RunWatch<'_> {
     /// Samples when due: the limit hit, if any (CPU time, or memory by thrashing).
     fn check(&mut self, now: Instant) -> Option<LimitHit> {
         if now < self.next {
@@ -595,7 +597,7 @@ pub(crate) fn run(
         on_output,
     };
     let deadline = start + Duration::from_millis(spec.limits.wall_ms);
-    let cpu = CpuWatch {
+    let watch = RunWatch {
         source: CpuSource::open(slot.cgroup.as_ref(), before, pid),
         limit_ns: spec.limits.cpu_ms.saturating_mul(1_000_000),
         cpus: sb.cpus,
@@ -603,7 +605,7 @@ pub(crate) fn run(
         memory: ThrashWatch::new(slot.cgroup.as_ref()),
     };
     let limit = supervise_io(
-        pid, spec.stdin, stdin_w, stdout_r, stderr_r, deadline, cpu, cancel, &mut sink,
+        pid, spec.stdin, stdin_w, stdout_r, stderr_r, deadline, watch, cancel, &mut sink,
     );
 
     // Kill the group while the leader is still unreaped (its pgid cannot be recycled yet).
@@ -701,7 +703,7 @@ fn supervise_io(
     stdout_r: OwnedFd,
     stderr_r: OwnedFd,
     deadline: Instant,
-    mut cpu: CpuWatch<'_>,
+    mut watch: RunWatch<'_>,
     cancel: &AtomicBool,
     sink: &mut Sink<'_>,
 ) -> Option<LimitHit> {
@@ -718,7 +720,7 @@ fn supervise_io(
             return Some(LimitHit::Cancelled);
         }
         let now = Instant::now();
-        if let Some(hit) = cpu.check(now) {
+        if let Some(hit) = watch.check(now) {
             kill_group(pid);
             return Some(hit);
         }
@@ -726,7 +728,7 @@ fn supervise_io(
             kill_group(pid);
             return Some(LimitHit::WallTime);
         }
-        let mut timeout = (deadline - now).min(CANCEL_TICK).min(cpu.until_next(now));
+        let mut timeout = (deadline - now).min(CANCEL_TICK).min(watch.until_next(now));
         // Without a pidfd, notice the exit by polling.
         if pidfd.is_none() {
             if exited_nowait(pid) {

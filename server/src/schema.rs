@@ -416,13 +416,12 @@ impl QueryRoot {
     /// A submission by id; null when unknown or expired.
     async fn submission(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Submission>> {
         let s = state(ctx)?;
-        let record = s
-            .broker
-            .submission(&id)
-            .instrument(span(&id))
-            .await
-            .map_err(|e| span(&id).in_scope(|| gql(e)))?;
-        Ok(visible(record, &caller(ctx)).map(Submission))
+        async {
+            let record = s.broker.submission(&id).await.map_err(gql)?;
+            Ok(visible(record, &caller(ctx)).map(Submission))
+        }
+        .instrument(span(&id))
+        .await
     }
 
     /// The queue and the workers right now.
@@ -509,21 +508,19 @@ impl MutationRoot {
             request,
         };
         let span = span(&job.submission.id);
-        s.broker
-            .submit(&job)
-            .instrument(span.clone())
-            .await
-            .map_err(|e| span.in_scope(|| gql(e)))?;
-        span.in_scope(|| {
+        async move {
+            s.broker.submit(&job).await.map_err(gql)?;
             tracing::info!(
                 language = %job.request.language,
                 owner = job.submission.owner.as_deref().unwrap_or("-"),
                 tests = job.request.tests.len(),
                 "submitted"
             );
-        });
-        s.metrics.submitted();
-        Ok(Submission(job.submission))
+            s.metrics.submitted();
+            Ok(Submission(job.submission))
+        }
+        .instrument(span)
+        .await
     }
 
     /// Cancels a submission that has not finished; a finished one is returned unchanged.
@@ -568,25 +565,24 @@ impl SubscriptionRoot {
         let s = state(ctx)?;
         let after = u64::try_from(after_seq.unwrap_or(0).max(0)).unwrap_or(0);
         let span = span(&id);
-        // With API keys, only the owner may watch; others get the unknown-id error.
-        // (On an open API nothing has an owner, so the extra read is skipped.)
         let who = caller(ctx);
-        if who.owner().is_some() {
-            let record = s
-                .broker
-                .submission(&id)
-                .instrument(span.clone())
-                .await
-                .map_err(|e| span.in_scope(|| gql(e)))?;
-            if visible(record, &who).is_none() {
-                return Err(ApiError::NotFound(id.0).extend());
+        let events = async {
+            // With API keys, only the owner may watch; others get the unknown-id error.
+            // (On an open API nothing has an owner, so the extra read is skipped.)
+            if who.owner().is_some() {
+                let record = s.broker.submission(&id).await.map_err(gql)?;
+                if visible(record, &who).is_none() {
+                    return Err(ApiError::NotFound(id.to_string()).extend());
+                }
             }
+            let events = watch(Arc::clone(&s.broker), &id, after)
+                .await
+                .map_err(gql)?;
+            tracing::debug!(after, "subscribed");
+            Ok(events)
         }
-        let events = watch(Arc::clone(&s.broker), &id, after)
-            .instrument(span.clone())
-            .await
-            .map_err(|e| span.in_scope(|| gql(e)))?;
-        span.in_scope(|| tracing::debug!(after, "subscribed"));
+        .instrument(span.clone())
+        .await?;
         let guard = s.metrics.subscription();
         let shutdown = s.shutdown.clone().cancelled_owned();
         Ok(events

@@ -125,6 +125,13 @@ impl Server {
     pub fn ws(&self, path: &str) -> String {
         format!("ws://127.0.0.1:{}{path}", self.port)
     }
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let res = reqwest::get(format!("{}/metrics", self.http()))
+            .await
+            .expect("GET /metrics");
+        res.text().await.expect("metrics body")
+    }
 }
 
 fn verdict(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
