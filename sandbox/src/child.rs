@@ -31,6 +31,7 @@ pub(crate) enum Stage {
     ParentDeath,
     CloseFds,
     NoNewPrivs,
+    ProcSelf,
     Landlock,
     Seccomp,
     Exec,
@@ -52,6 +53,7 @@ impl Stage {
             ParentDeath,
             CloseFds,
             NoNewPrivs,
+            ProcSelf,
             Landlock,
             Seccomp,
             Exec,
@@ -74,6 +76,7 @@ impl Stage {
             Stage::ParentDeath => "PR_SET_PDEATHSIG",
             Stage::CloseFds => "close_range",
             Stage::NoNewPrivs => "PR_SET_NO_NEW_PRIVS",
+            Stage::ProcSelf => "landlock_add_rule(/proc/self)",
             Stage::Landlock => "landlock_restrict_self",
             Stage::Seccomp => "seccomp",
             Stage::Exec => "execve",
@@ -101,8 +104,20 @@ pub(crate) struct ChildPlan<'a> {
     /// (uid, gid) to drop to.
     pub ids: Option<(libc::uid_t, libc::gid_t)>,
     pub landlock_fd: Option<RawFd>,
+    /// Rights on the child's own `/proc/<pid>`, added to the ruleset in the child (the
+    /// directory exists only once the child does); 0: none.
+    pub proc_self_access: u64,
     pub seccomp: Option<&'a [sock_filter]>,
 }
+
+/// `struct landlock_path_beneath_attr` (packed in the kernel's UAPI).
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
 
 /// Signals whose disposition we reset: SIG_IGN survives execve, and the Rust runtime
 /// ignores SIGPIPE.
@@ -263,7 +278,32 @@ pub(crate) unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
             fail(err_fd, Stage::NoNewPrivs);
         }
 
-        // 11. Landlock.
+        // 11. Landlock: first the child's own /proc/<pid> (only this process's entries, never
+        //     another's: their command lines and environments are secrets), then restrict.
+        if let (Some(fd), true) = (plan.landlock_fd, plan.proc_self_access != 0) {
+            let dir = libc::open(
+                c"/proc/self".as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            );
+            if dir < 0 {
+                fail(err_fd, Stage::ProcSelf);
+            }
+            let attr = PathBeneathAttr {
+                allowed_access: plan.proc_self_access,
+                parent_fd: dir,
+            };
+            if libc::syscall(
+                libc::SYS_landlock_add_rule,
+                fd,
+                LANDLOCK_RULE_PATH_BENEATH,
+                &attr as *const PathBeneathAttr,
+                0u32,
+            ) != 0
+            {
+                fail(err_fd, Stage::ProcSelf);
+            }
+            libc::close(dir);
+        }
         if let Some(fd) = plan.landlock_fd {
             if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) != 0 {
                 fail(err_fd, Stage::Landlock);

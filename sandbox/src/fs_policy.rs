@@ -50,6 +50,31 @@ fn abi_from_version(v: i32) -> ABI {
     }
 }
 
+/// Machine-wide `/proc` files that runtimes read (the JVM, libc, Node) and that say
+/// nothing about other processes. Everything else of `/proc` stays denied: the run's own
+/// `/proc/<pid>` is granted in the child, after clone, by [`crate::child`].
+const PROC_FILES: [&str; 10] = [
+    "/proc/cpuinfo",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/loadavg",
+    "/proc/uptime",
+    "/proc/version",
+    "/proc/filesystems",
+    "/proc/sys/vm/overcommit_memory",
+    "/proc/sys/kernel/pid_max",
+    "/proc/sys/kernel/threads-max",
+];
+
+/// The rights on the run's own `/proc/<pid>` (`landlock_path_beneath_attr.allowed_access`).
+pub(crate) fn proc_self_access(abi_version: i32) -> u64 {
+    if abi_version <= 0 {
+        0
+    } else {
+        (AccessFs::ReadFile | AccessFs::ReadDir).bits()
+    }
+}
+
 struct Grant {
     path: PathBuf,
     fd: PathFd,
@@ -61,6 +86,8 @@ pub(crate) struct FsPolicy {
     pub(crate) kernel_version: i32,
     abi: ABI,
     grants: Vec<Grant>,
+    /// Read grants for [`PROC_FILES`], added when the run may see its own `/proc`.
+    proc_grants: Vec<Grant>,
     /// Configured paths that do not exist on this machine (skipped, reported by doctor).
     pub(crate) missing: Vec<PathBuf>,
 }
@@ -80,6 +107,7 @@ impl FsPolicy {
                 kernel_version,
                 abi,
                 grants,
+                proc_grants: Vec::new(),
                 missing,
             });
         }
@@ -125,10 +153,22 @@ impl FsPolicy {
                 access: dev_access,
             });
         }
+        let mut proc_grants = Vec::new();
+        for path in PROC_FILES.iter().map(Path::new) {
+            // Absent on some kernels; nothing to report.
+            if let Ok(fd) = PathFd::new(path) {
+                proc_grants.push(Grant {
+                    path: path.to_path_buf(),
+                    fd,
+                    access: AccessFs::ReadFile.into(),
+                });
+            }
+        }
         Ok(FsPolicy {
             kernel_version,
             abi,
             grants,
+            proc_grants,
             missing,
         })
     }
@@ -147,11 +187,12 @@ impl FsPolicy {
     }
 
     /// Builds the ruleset fd for one run: everything handled, read-only grants, full access
-    /// beneath `run_dir` (and, optionally, read access to `/proc`).
+    /// beneath `run_dir` and, with `proc`, the machine-wide [`PROC_FILES`] (the child adds
+    /// its own `/proc/<pid>` to the same ruleset before restricting itself).
     pub(crate) fn ruleset_for(
         &self,
         run_dir: &Path,
-        proc_fs: Option<&Path>,
+        proc: bool,
     ) -> Result<Option<OwnedFd>, SandboxError> {
         if !self.active() {
             return Ok(None);
@@ -181,12 +222,12 @@ impl FsPolicy {
         created = created
             .add_rule(PathBeneath::new(dir_fd, AccessFs::from_all(abi)))
             .map_err(err)?;
-        if let Some(proc_path) = proc_fs {
-            let fd = PathFd::new(proc_path)
-                .map_err(|e| SandboxError::Landlock(format!("{}: {e}", proc_path.display())))?;
-            created = created
-                .add_rule(PathBeneath::new(fd, AccessFs::ReadFile | AccessFs::ReadDir))
-                .map_err(err)?;
+        if proc {
+            for grant in &self.proc_grants {
+                created = created
+                    .add_rule(PathBeneath::new(&grant.fd, grant.access))
+                    .map_err(err)?;
+            }
         }
         Ok(created.into())
     }

@@ -18,6 +18,7 @@
 mod cgroup;
 mod child;
 mod fs_policy;
+mod ipc;
 mod rundir;
 mod seccomp;
 mod supervise;
@@ -70,6 +71,9 @@ impl Default for Limits {
     }
 }
 
+/// How many uids above `slot_id_base` count as slot uids (for sweeping what they left).
+const SLOT_UID_SPAN: u32 = 100_000;
+
 /// Sandbox configuration fixed per worker process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -82,8 +86,10 @@ pub struct SandboxConfig {
     pub base_dir: PathBuf,
     /// When root: the slot's uid and gid are `slot_id_base + slot`.
     pub slot_id_base: u32,
-    /// Grant read access to `/proc` — only ever applied when the program runs under a
-    /// per-slot uid, where `ptrace_may_access` hides other users' `environ`, `mem`, ...
+    /// Grant read access to the run's own `/proc/<pid>` (granted in the child, so never
+    /// another process's: their command lines are readable by anyone under a plain /proc)
+    /// and to a few machine-wide files (`/proc/cpuinfo`, `/proc/meminfo`, ...). The name is
+    /// historical: it applies with or without the uid drop.
     pub proc_when_uid_dropped: bool,
     /// Name of the cgroup (under each v1 hierarchy) holding the per-slot cgroups; `None`
     /// disables cgroups.
@@ -312,6 +318,13 @@ impl Sandbox {
         let dynmods =
             (is_root && uses_cgroups).then(|| cgroup::favor_dynmods(config.favor_dynmods));
         let drop_uid = is_root && config.drop_privileges;
+        if drop_uid {
+            let base = config.slot_id_base;
+            let removed = ipc::sweep(base..base.saturating_add(SLOT_UID_SPAN));
+            if removed > 0 {
+                tracing::warn!(removed, "removed SysV IPC objects left behind by slot uids");
+            }
+        }
         // Orphans of a run (double-forked daemons) are killed after the run; someone has to
         // reap them, and PID 1 in a container often does not. As a subreaper we reap them
         // ourselves — only children whose uid is a slot uid (see `supervise::reap_orphans`).

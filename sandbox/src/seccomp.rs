@@ -22,6 +22,13 @@ const RET_ERRNO: u32 = 0x0005_0000;
 const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
 const OFF_ARG0_LO: u32 = 16; // little-endian: low 32 bits of args[0]
+const OFF_ARG1_LO: u32 = 24;
+const OFF_ARG4_LO: u32 = 48;
+const OFF_ARG4_HI: u32 = 52;
+
+const BPF_ALU_AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+/// The socket type without SOCK_NONBLOCK / SOCK_CLOEXEC.
+const SOCK_TYPE_MASK: u32 = 0xf;
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH_NATIVE: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
@@ -67,7 +74,7 @@ pub(crate) struct SeccompPolicy {
     /// Allow `socket(AF_UNIX, ..)`. Only safe when Landlock can restrict connecting to
     /// pathname sockets (ABI >= 9, `LANDLOCK_ACCESS_FS_RESOLVE_UNIX`); before that a
     /// sandboxed program could reach e.g. a world-writable database socket under /run.
-    /// `socketpair(AF_UNIX)` is always allowed.
+    /// `socketpair(AF_UNIX)` is always allowed, for stream and seqpacket pairs only.
     pub allow_unix_socket: bool,
 }
 
@@ -160,24 +167,73 @@ fn deny_list(policy: SeccompPolicy) -> Vec<(u32, Block)> {
             ret(RET_ALLOW),
         ],
     ));
+    // SysV IPC and POSIX message queues: objects outlive the run (they belong to the IPC
+    // namespace, not the process) and a slot uid is reused by the next submission, so
+    // they would carry data from one user to the next. ENOSYS: runtimes treat them as
+    // unsupported. POSIX shm lives in /dev/shm, which Landlock never grants.
+    for nr in [
+        libc::SYS_shmget,
+        libc::SYS_shmat,
+        libc::SYS_shmdt,
+        libc::SYS_shmctl,
+        libc::SYS_msgget,
+        libc::SYS_msgsnd,
+        libc::SYS_msgrcv,
+        libc::SYS_msgctl,
+        libc::SYS_semget,
+        libc::SYS_semop,
+        libc::SYS_semtimedop,
+        libc::SYS_semctl,
+        libc::SYS_mq_open,
+        libc::SYS_mq_unlink,
+        libc::SYS_mq_timedsend,
+        libc::SYS_mq_timedreceive,
+        libc::SYS_mq_notify,
+        libc::SYS_mq_getsetattr,
+    ] {
+        list.push((nr, vec![ret(errno(libc::ENOSYS))]));
+    }
+    // Sockets: only connected pairs of stream or seqpacket sockets, which can talk to
+    // nothing but each other. Without `connect`, `bind` and datagrams, a program can neither
+    // reach a host socket (a world-writable /dev/log, a database socket) nor offer a name
+    // (abstract or pathname) that a host client could mistake for a real service.
+    for nr in [
+        libc::SYS_connect,
+        libc::SYS_bind,
+        libc::SYS_listen,
+        libc::SYS_accept,
+        libc::SYS_accept4,
+    ] {
+        list.push((nr, eperm()));
+    }
+    let unix_connected_pair = vec![
+        stmt(BPF_LD_W_ABS, OFF_ARG0_LO),
+        jump(BPF_JEQ_K, libc::AF_UNIX as u32, 1, 0),
+        ret(errno(libc::EPERM)),
+        stmt(BPF_LD_W_ABS, OFF_ARG1_LO),
+        stmt(BPF_ALU_AND_K, SOCK_TYPE_MASK),
+        jump(BPF_JEQ_K, libc::SOCK_STREAM as u32, 2, 0),
+        jump(BPF_JEQ_K, libc::SOCK_SEQPACKET as u32, 1, 0),
+        ret(errno(libc::EPERM)),
+        ret(RET_ALLOW),
+    ];
     let socket_block = if policy.allow_unix_socket {
-        vec![
-            stmt(BPF_LD_W_ABS, OFF_ARG0_LO),
-            jump(BPF_JEQ_K, libc::AF_UNIX as u32, 0, 1),
-            ret(RET_ALLOW),
-            ret(errno(libc::EPERM)),
-        ]
+        unix_connected_pair.clone()
     } else {
         eperm()
     };
     list.push((libc::SYS_socket, socket_block));
+    list.push((libc::SYS_socketpair, unix_connected_pair));
+    // sendto with a destination address (only meaningful for datagrams, denied anyway).
     list.push((
-        libc::SYS_socketpair,
+        libc::SYS_sendto,
         vec![
-            stmt(BPF_LD_W_ABS, OFF_ARG0_LO),
-            jump(BPF_JEQ_K, libc::AF_UNIX as u32, 0, 1),
-            ret(RET_ALLOW),
+            stmt(BPF_LD_W_ABS, OFF_ARG4_LO),
+            jump(BPF_JEQ_K, 0, 0, 2),
+            stmt(BPF_LD_W_ABS, OFF_ARG4_HI),
+            jump(BPF_JEQ_K, 0, 1, 0),
             ret(errno(libc::EPERM)),
+            ret(RET_ALLOW),
         ],
     ));
     let mut out: Vec<(u32, Block)> = list.into_iter().map(|(nr, b)| (nr as u32, b)).collect();
@@ -239,6 +295,10 @@ mod tests {
 
     /// A tiny interpreter for the subset of classic BPF we emit.
     fn eval(prog: &[sock_filter], nr: u32, arch: u32, arg0: u32) -> u32 {
+        eval_args(prog, nr, arch, [u64::from(arg0), 0, 0, 0, 0, 0])
+    }
+
+    fn eval_args(prog: &[sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
         let mut pc = 0usize;
         let mut a = 0u32;
         loop {
@@ -248,9 +308,16 @@ mod tests {
                     a = match ins.k {
                         OFF_NR => nr,
                         OFF_ARCH => arch,
-                        OFF_ARG0_LO => arg0,
+                        OFF_ARG0_LO => args[0] as u32,
+                        OFF_ARG1_LO => args[1] as u32,
+                        OFF_ARG4_LO => args[4] as u32,
+                        OFF_ARG4_HI => (args[4] >> 32) as u32,
                         other => panic!("unexpected load offset {other}"),
                     };
+                    pc += 1;
+                }
+                BPF_ALU_AND_K => {
+                    a &= ins.k;
                     pc += 1;
                 }
                 BPF_JEQ_K | BPF_JGE_K | BPF_JSET_K => {
@@ -297,8 +364,54 @@ mod tests {
                 x86,
                 libc::AF_UNIX as u32
             ),
-            RET_ALLOW
+            eperm,
+            "type 0 is no stream"
         );
+        let unix = libc::AF_UNIX as u64;
+        let pair = libc::SYS_socketpair as u32;
+        for (ty, want) in [
+            (libc::SOCK_STREAM, RET_ALLOW),
+            (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, RET_ALLOW),
+            (libc::SOCK_DGRAM, eperm),
+            (libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, eperm),
+            (libc::SOCK_RAW, eperm),
+        ] {
+            assert_eq!(
+                eval_args(&prog, pair, x86, [unix, ty as u64, 0, 0, 0, 0]),
+                want,
+                "{ty}"
+            );
+        }
+        assert_eq!(
+            eval_args(&prog, pair, x86, [libc::AF_INET as u64, 1, 0, 0, 0, 0]),
+            eperm
+        );
+        for nr in [
+            libc::SYS_connect,
+            libc::SYS_bind,
+            libc::SYS_listen,
+            libc::SYS_accept4,
+        ] {
+            assert_eq!(eval(&prog, nr as u32, x86, 3), eperm);
+        }
+        let sendto = libc::SYS_sendto as u32;
+        assert_eq!(eval_args(&prog, sendto, x86, [3, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(
+            eval_args(&prog, sendto, x86, [3, 0, 0, 0, 0x1000, 0]),
+            eperm
+        );
+        assert_eq!(
+            eval_args(&prog, sendto, x86, [3, 0, 0, 0, 1 << 40, 0]),
+            eperm
+        );
+        for nr in [
+            libc::SYS_shmget,
+            libc::SYS_msgget,
+            libc::SYS_semget,
+            libc::SYS_mq_open,
+        ] {
+            assert_eq!(eval(&prog, nr as u32, x86, 0), errno(libc::ENOSYS));
+        }
         assert_eq!(
             eval(&prog, libc::SYS_clone as u32, x86, libc::SIGCHLD as u32),
             RET_ALLOW
@@ -331,14 +444,24 @@ mod tests {
         })
         .expect("builds")
         .expect("x86_64");
+        let socket = libc::SYS_socket as u32;
         assert_eq!(
-            eval(
+            eval_args(
                 &allow_unix,
-                libc::SYS_socket as u32,
+                socket,
                 x86,
-                libc::AF_UNIX as u32
+                [unix, libc::SOCK_STREAM as u64, 0, 0, 0, 0]
             ),
             RET_ALLOW
+        );
+        assert_eq!(
+            eval_args(
+                &allow_unix,
+                socket,
+                x86,
+                [unix, libc::SOCK_DGRAM as u64, 0, 0, 0, 0]
+            ),
+            eperm
         );
         assert_eq!(
             eval(

@@ -53,6 +53,14 @@ fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, SandboxError> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+fn give_to(fd: &OwnedFd, (uid, gid): (u32, u32)) -> Result<(), SandboxError> {
+    // SAFETY: fchown on a valid fd we own.
+    if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
+        return Err(SandboxError::sys("fchown pipe"));
+    }
+    Ok(())
+}
+
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), SandboxError> {
     // SAFETY: fcntl on a valid fd we own.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
@@ -522,9 +530,8 @@ pub(crate) fn run(
     let cpu_watched = slot.cgroup.as_ref().is_some_and(|c| c.has_cpuacct()) || sb.proc_stat;
     let limits = rlimits(spec, !has_mem_cg, ids.is_some(), cpu_watched);
 
-    let proc_fs =
-        (ids.is_some() && sb.config.proc_when_uid_dropped).then_some(std::path::Path::new("/proc"));
-    let landlock_fd = sb.fs.ruleset_for(spec.dir.path(), proc_fs)?;
+    let proc = sb.config.proc_when_uid_dropped;
+    let landlock_fd = sb.fs.ruleset_for(spec.dir.path(), proc)?;
 
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
@@ -532,6 +539,13 @@ pub(crate) fn run(
     let stdin_r = above_stdio(stdin_r)?;
     let stdout_w = above_stdio(stdout_w)?;
     let stderr_w = above_stdio(stderr_w)?;
+    if let Some(ids) = ids {
+        // A pipe's inode belongs to its creator with mode 0600, so re-opening it through
+        // /dev/stdin or /proc/self/fd/N failed with EACCES for the slot uid.
+        for fd in [&stdin_r, &stdout_w, &stderr_w] {
+            give_to(fd, ids)?;
+        }
+    }
     set_nonblocking(&stdin_w)?;
     set_nonblocking(&stdout_r)?;
     set_nonblocking(&stderr_r)?;
@@ -560,6 +574,11 @@ pub(crate) fn run(
         cgroup_procs: &cgroup_procs,
         ids,
         landlock_fd: landlock_fd.as_ref().map(|f| f.as_raw_fd()),
+        proc_self_access: if proc {
+            crate::fs_policy::proc_self_access(sb.fs.kernel_version)
+        } else {
+            0
+        },
         seccomp: sb.seccomp.as_deref(),
     };
 
