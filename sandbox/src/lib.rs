@@ -19,6 +19,7 @@ mod cgroup;
 mod child;
 mod fs_policy;
 mod ipc;
+pub mod remove;
 mod rundir;
 mod seccomp;
 mod supervise;

@@ -628,3 +628,239 @@ fn busy_loop_without_cgroups_is_killed_via_proc_stat() {
     assert_eq!(o.signal, Some(libc::SIGKILL), "{o:?}");
     assert!((300..700).contains(&o.cpu_ms), "{o:?}");
 }
+
+/// Runs `f` on a thread with a 256 KiB stack, as a stand-in for an async runtime's worker
+/// thread that drops a run dir: removal must not recurse per directory level.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(f)
+        .expect("spawn")
+        .join()
+        .expect("small-stack thread panicked")
+}
+
+#[test]
+fn a_30000_deep_directory_chain_is_removed_without_recursion() {
+    let slot = SLOT_BASE + 80;
+    let bin = compile_c(
+        "deepchain",
+        &format!(
+            "{PRELUDE}\n{}",
+            r#"int main(){
+    if (mkdir("c", 0700)) return 1;
+    for (int i = 0; i < 30000; i++) {
+        if (mkdir("n", 0700) || rename("c", "n/d") || rename("n", "c")) { printf("failed at %d: %s\n", i, strerror(errno)); return 2; }
+    }
+    printf("ok\n"); return 0; }"#
+        ),
+    );
+    let dir = sandbox().run_dir(slot).expect("run dir");
+    dir.write_file_mode("deepchain", &bin, 0o700)
+        .expect("write binary");
+    let program = dir.path().join("deepchain");
+    let limits = Limits {
+        wall_ms: 20_000,
+        cpu_ms: 10_000,
+        ..Limits::default()
+    };
+    let r = run_in(&dir, slot, path_str(&program), &[], b"", limits);
+    assert_eq!(stdout(&r.outcome), "ok\n", "{:?}", r.outcome);
+    let path = dir.path().to_path_buf();
+    // Drop, not remove(): the fallback path must be just as safe.
+    let took = on_small_stack(move || {
+        let t = std::time::Instant::now();
+        drop(dir);
+        t.elapsed()
+    });
+    eprintln!("30001-deep chain removed in {took:?}");
+    assert!(!path.exists(), "run dir left behind");
+    assert_normal_run_still_works(slot);
+}
+
+#[test]
+fn a_directory_with_130000_entries_is_removed() {
+    let slot = SLOT_BASE + 81;
+    let bin = compile_c(
+        "manyfiles",
+        &format!(
+            "{PRELUDE}\n{}",
+            r#"int main(){
+    char p[64];
+    if (mkdir("d", 0700)) return 1;
+    for (int i = 0; i < 130000; i++) {
+        snprintf(p, sizeof p, "d/file-with-a-longish-name-%d", i);
+        int fd = open(p, O_WRONLY|O_CREAT|O_EXCL, 0600);
+        if (fd < 0) { printf("failed at %d: %s\n", i, strerror(errno)); return 2; }
+        close(fd);
+    }
+    printf("ok\n"); return 0; }"#
+        ),
+    );
+    let dir = sandbox().run_dir(slot).expect("run dir");
+    dir.write_file_mode("manyfiles", &bin, 0o700)
+        .expect("write binary");
+    let program = dir.path().join("manyfiles");
+    let limits = Limits {
+        wall_ms: 30_000,
+        cpu_ms: 20_000,
+        ..Limits::default()
+    };
+    let r = run_in(&dir, slot, path_str(&program), &[], b"", limits);
+    assert_eq!(stdout(&r.outcome), "ok\n", "{:?}", r.outcome);
+    let path = dir.path().to_path_buf();
+    let (took, stats) = on_small_stack(move || {
+        let t = std::time::Instant::now();
+        let stats = dir.remove().expect("remove");
+        (t.elapsed(), stats)
+    });
+    eprintln!("130k files removed in {took:?}: {stats:?}");
+    assert!(!path.exists(), "run dir left behind");
+    assert_eq!(stats.files, 130_001, "{stats:?}");
+}
+
+#[test]
+fn unreadable_dirs_and_symlinks_out_do_not_break_or_escape_removal() {
+    let slot = SLOT_BASE + 82;
+    let outside = tempfile::tempdir().expect("tempdir");
+    let canary = outside.path().join("canary");
+    std::fs::write(&canary, b"keep me").expect("canary");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(&canary, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let dir = sandbox().run_dir(slot).expect("dir");
+    let o = outside.path().display().to_string();
+    // Symlinks to the outside dir and file at every level, then every dir made 0000
+    // (innermost first), the run dir itself 0500.
+    let script = format!(
+        "mkdir -p a/b/c && touch a/f a/b/f a/b/c/f && \
+         ln -s {o} a/out && ln -s {o}/canary a/b/canary && ln -s {o} a/b/c/out && ln -s {o} out && \
+         chmod 000 a/b/c a/b a && chmod 500 . && echo ok"
+    );
+    let r = run_in(
+        &dir,
+        slot,
+        "/bin/sh",
+        &["-c", &script],
+        b"",
+        Limits::default(),
+    );
+    assert_eq!(stdout(&r.outcome), "ok\n", "{:?}", r.outcome);
+    let path = dir.path().to_path_buf();
+    let stats = dir.remove().expect("remove");
+    assert!(!path.exists(), "run dir left behind");
+    assert_eq!((stats.files, stats.dirs), (7, 4), "{stats:?}");
+    assert_eq!(std::fs::read(&canary).expect("canary survives"), b"keep me");
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode(outside.path()), 0o755, "outside dir's mode changed");
+    assert_eq!(mode(&canary), 0o644, "canary's mode changed");
+}
+
+#[test]
+fn stale_run_dirs_of_dead_processes_are_swept_at_start_up() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let base = tempfile::Builder::new()
+        .prefix("verdict-sweep-")
+        .tempdir()
+        .expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    std::fs::write(outside.path().join("canary"), b"keep me").expect("canary");
+    // A pid that is certainly dead: a child we reaped.
+    let mut child = std::process::Command::new("/bin/true")
+        .spawn()
+        .expect("spawn");
+    let dead = child.id();
+    child.wait().expect("wait");
+    let b = base.path();
+    // Stale: a deep chain with a 0000 dir and a symlink out.
+    let stale = b.join(format!("run-{dead}-3-7-0badcafe"));
+    std::fs::create_dir(&stale).expect("mkdir");
+    std::fs::create_dir(stale.join("c")).expect("mkdir");
+    for _ in 0..5000 {
+        std::fs::create_dir(stale.join("n")).expect("mkdir");
+        std::fs::rename(stale.join("c"), stale.join("n/d")).expect("rename");
+        std::fs::rename(stale.join("n"), stale.join("c")).expect("rename");
+    }
+    symlink(outside.path(), stale.join("c/d/out")).expect("symlink");
+    std::fs::create_dir(stale.join("c/d/locked")).expect("mkdir");
+    std::fs::set_permissions(
+        stale.join("c/d/locked"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .expect("chmod");
+    // Stale: a symlink named like a run dir, pointing out: unlinked, never followed.
+    symlink(outside.path(), b.join(format!("run-{dead}-4-0-00000001"))).expect("symlink");
+    // Kept: our own (live) pid, made after we started; pid 1 (alive, started long before);
+    // names that are not run dirs.
+    let me = std::process::id();
+    let mine = b.join(format!("run-{me}-0-0-00000000"));
+    std::fs::create_dir(&mine).expect("mkdir");
+    let init = b.join("run-1-0-0-00000000");
+    std::fs::create_dir(&init).expect("mkdir");
+    let other = b.join(format!("keep-{dead}-0-0-00000000"));
+    std::fs::create_dir(&other).expect("mkdir");
+    let odd = b.join(format!("run-{dead}-x-0-00000000"));
+    std::fs::create_dir(&odd).expect("mkdir");
+
+    let sb = verdict_sandbox::Sandbox::new(verdict_sandbox::SandboxConfig {
+        base_dir: b.to_path_buf(),
+        ..verdict_sandbox::SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let t = std::time::Instant::now();
+    let removed = sb.sweep_stale_run_dirs().expect("sweep");
+    eprintln!("swept {removed} in {:?}", t.elapsed());
+    assert_eq!(removed, 2);
+    assert!(!stale.exists() && std::fs::symlink_metadata(&stale).is_err());
+    assert!(std::fs::symlink_metadata(b.join(format!("run-{dead}-4-0-00000001"))).is_err());
+    assert!(mine.is_dir() && init.is_dir() && other.is_dir() && odd.is_dir());
+    assert_eq!(
+        std::fs::read(outside.path().join("canary")).expect("canary survives"),
+        b"keep me"
+    );
+    // A second sweep finds nothing; a run dir made now by this process survives it.
+    let live = sb.run_dir(0).expect("run dir");
+    assert_eq!(sb.sweep_stale_run_dirs().expect("sweep"), 0);
+    assert!(live.path().is_dir());
+}
+
+#[test]
+fn a_run_dir_whose_pid_was_reused_is_swept() {
+    let base = tempfile::Builder::new()
+        .prefix("verdict-sweep-")
+        .tempdir()
+        .expect("tempdir");
+    let b = base.path();
+    let old = b.join("made-before");
+    std::fs::create_dir(&old).expect("mkdir");
+    std::fs::write(old.join("f"), b"x").expect("write");
+    // The process now holding the pid started well after the directory was made.
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let mut holder = std::process::Command::new("/bin/sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn");
+    let reused = b.join(format!("run-{}-0-0-00000000", holder.id()));
+    std::fs::rename(&old, &reused).expect("rename");
+    let fresh = b.join(format!("run-{}-1-0-00000000", holder.id()));
+    std::fs::create_dir(&fresh).expect("mkdir");
+    let sb = verdict_sandbox::Sandbox::new(verdict_sandbox::SandboxConfig {
+        base_dir: b.to_path_buf(),
+        ..verdict_sandbox::SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let removed = sb.sweep_stale_run_dirs();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(removed.expect("sweep"), 1);
+    assert!(!reused.exists());
+    assert!(
+        fresh.is_dir(),
+        "a dir made after its process started is kept"
+    );
+}
