@@ -17,6 +17,7 @@
 
 mod cgroup;
 mod child;
+mod disk;
 mod fs_policy;
 mod ipc;
 pub mod remove;
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+pub use disk::DiskBudget;
 pub use rundir::RunDir;
 
 /// Resource limits for one run.
@@ -102,6 +104,10 @@ pub struct SandboxConfig {
     /// so that joining the slot cgroups does not wait for an RCU grace period, which cost
     /// 12–15 ms per run after the CPUs idled. See `cgroup::favor_dynmods`.
     pub favor_dynmods: bool,
+    /// When root: each slot's run directories live on a loop-mounted ext4 of this size,
+    /// so files, `fallocate` and inodes of a run are bounded and the host disk is not
+    /// (see `disk.rs`). Ignored without root.
+    pub disk: DiskBudget,
 }
 
 impl Default for SandboxConfig {
@@ -155,6 +161,7 @@ impl Default for SandboxConfig {
             cgroup_name: Some("verdict".into()),
             drop_privileges: true,
             favor_dynmods: true,
+            disk: DiskBudget::default(),
         }
     }
 }
@@ -263,6 +270,9 @@ pub(crate) struct SlotState {
     pub(crate) cgroup: Option<cgroup::SlotCgroup>,
     /// The child's clone stack, reused across runs.
     pub(crate) stack: Vec<u8>,
+    /// Where this slot's run directories go: its own file system under the disk budget,
+    /// else the base directory. Set by the slot's first `run_dir`.
+    pub(crate) run_base: Option<PathBuf>,
 }
 
 /// The sandbox: compiled policy plus per-slot state. `Send + Sync`; share it across worker
@@ -282,6 +292,8 @@ pub struct Sandbox {
     proc_stat: bool,
     /// The kernel's cgroup `favordynmods` mode, as found or set at start.
     dynmods: Option<cgroup::DynMods>,
+    /// Whether runs get a file system of their own per slot.
+    disk: disk::DiskMode,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -335,6 +347,7 @@ impl Sandbox {
         };
         // SAFETY: sysconf takes no pointers.
         let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        let disk_mode = disk::mode(config.disk, is_root);
         Ok(Sandbox {
             config,
             is_root,
@@ -347,6 +360,7 @@ impl Sandbox {
             cpus: u32::try_from(online).unwrap_or(1).max(1),
             proc_stat: std::fs::File::open("/proc/self/stat").is_ok(),
             dynmods,
+            disk: disk_mode,
         })
     }
 
@@ -368,7 +382,33 @@ impl Sandbox {
     /// A fresh run directory for one submission: mode 0700, owned by the slot uid, removed
     /// on drop without following symlinks.
     pub fn run_dir(&self, slot: u32) -> Result<RunDir, SandboxError> {
-        RunDir::create(&self.config.base_dir, slot, self.slot_ids(slot))
+        let base = self.run_base(slot);
+        RunDir::create(&base, slot, self.slot_ids(slot))
+    }
+
+    /// The directory a slot's run directories are created in; makes the slot's file
+    /// system on first use when the disk budget is on. Blocking.
+    fn run_base(&self, slot: u32) -> PathBuf {
+        let state = self.slot_state(slot);
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(base) = &state.run_base {
+            return base.clone();
+        }
+        let base = match self.disk {
+            disk::DiskMode::PerSlot(budget) => {
+                match disk::ensure_slot_fs(&self.config.base_dir, slot, budget) {
+                    Ok(dir) => dir,
+                    Err(e) => {
+                        // Runs go on, without the budget: better than refusing every run.
+                        tracing::error!(slot, error = %e, "no file system for the slot's disk budget; using the base dir");
+                        self.config.base_dir.clone()
+                    }
+                }
+            }
+            disk::DiskMode::Off(_) => self.config.base_dir.clone(),
+        };
+        state.run_base = Some(base.clone());
+        base
     }
 
     pub(crate) fn slot_state(&self, slot: u32) -> Arc<Mutex<SlotState>> {
@@ -383,6 +423,7 @@ impl Sandbox {
                 Arc::new(Mutex::new(SlotState {
                     cgroup,
                     stack: Vec::new(),
+                    run_base: None,
                 }))
             })
             .clone()
@@ -471,6 +512,20 @@ impl Sandbox {
                     }
                 ),
                 None => "no syscall table for this architecture".into(),
+            },
+        });
+        out.push(LayerReport {
+            name: "disk budget",
+            active: matches!(self.disk, disk::DiskMode::PerSlot(_)),
+            detail: match &self.disk {
+                disk::DiskMode::PerSlot(b) => format!(
+                    "each slot on its own loop-mounted ext4: {} MiB, {} inodes per run \
+                     (ENOSPC beyond; the host disk holds at most slots x {} MiB)",
+                    b.bytes >> 20,
+                    b.inodes,
+                    b.bytes >> 20
+                ),
+                disk::DiskMode::Off(why) => format!("off ({why})"),
             },
         });
         out.push(LayerReport {

@@ -272,6 +272,25 @@ impl crate::Sandbox {
     /// process) are left alone; entries not named like run dirs are never touched.
     pub fn sweep_stale_run_dirs(&self) -> Result<usize, SandboxError> {
         let base = &self.config.base_dir;
+        let mut removed = sweep_under(base)?;
+        // With the disk budget, each slot's run dirs live on its own file system in
+        // `<base>/slot-<N>` (see disk.rs).
+        if let Ok(entries) = std::fs::read_dir(base) {
+            for entry in entries.flatten() {
+                let is_slot = entry.file_name().as_bytes().starts_with(b"slot-")
+                    && entry.file_type().is_ok_and(|t| t.is_dir());
+                if is_slot {
+                    removed += sweep_under(&entry.path())?;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Sweeps one directory that holds run dirs; see [`crate::Sandbox::sweep_stale_run_dirs`].
+fn sweep_under(base: &Path) -> Result<usize, SandboxError> {
+    {
         let ctx = || format!("sweep {}", base.display());
         let c = CString::new(base.as_os_str().as_bytes())
             .map_err(|_| SandboxError::InvalidSpec("base dir path contains NUL".into()))?;

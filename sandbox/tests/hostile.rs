@@ -629,6 +629,280 @@ fn busy_loop_without_cgroups_is_killed_via_proc_stat() {
     assert!((300..700).contains(&o.cpu_ms), "{o:?}");
 }
 
+// ---------------------------------------------------------------------------------------
+// What must not outlive a run or cross from one run to the next (issue 12: IPC, /proc,
+// Unix datagrams, abstract names, stdio re-opens, the disk budget).
+
+/// SysV shared memory, message queues and semaphores: created by one run (or refused), they
+/// must never be visible to the next run of the same slot (same uid), nor stay charged.
+#[test]
+fn sysv_ipc_does_not_outlive_the_run() {
+    let slot = SLOT_BASE + 60;
+    let body = r#"
+#include <sys/ipc.h>
+#include <sys/shm.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+int main(int argc, char **argv) {
+    int create = argv[1][0] == 'c';
+    int flags = create ? (IPC_CREAT | 0600) : 0600;
+    int found = 0;
+    int shm = shmget(0x7665726b, 1 << 20, flags);
+    if (shm >= 0) {
+        char *p = shmat(shm, 0, 0);
+        if (p != (void*)-1) {
+            if (create) strcpy(p, "hidden-test-secret"); else if (!strcmp(p, "hidden-test-secret")) found++;
+        }
+        if (!create) found++;
+    }
+    int mq = msgget(0x7665726c, flags);
+    if (mq >= 0 && !create) found++;
+    if (mq >= 0 && create) { struct { long t; char m[32]; } msg = {1, "secret"}; msgsnd(mq, &msg, sizeof msg.m, IPC_NOWAIT); }
+    int sem = semget(0x7665726d, 1, flags);
+    if (sem >= 0 && !create) found++;
+    printf("shm=%d mq=%d sem=%d found=%d\n", shm, mq, sem, found);
+    return found;
+}"#;
+    let first = c("sysv", body, &["create"], Limits::default(), slot);
+    assert!(first.exit_code.is_some(), "{first:?}");
+    let second = c("sysv", body, &["look"], Limits::default(), slot);
+    assert_eq!(
+        second.exit_code,
+        Some(0),
+        "the next run saw IPC objects: {}",
+        stdout(&second)
+    );
+    // Nothing of a slot uid is left in the host's IPC tables either.
+    if let Some((uid, _)) = sandbox().slot_ids(slot) {
+        for table in [
+            "/proc/sysvipc/shm",
+            "/proc/sysvipc/msg",
+            "/proc/sysvipc/sem",
+        ] {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let key = line.split_whitespace().next().unwrap_or("");
+                assert!(
+                    !["1986359915", "1986359916", "1986359917"].contains(&key),
+                    "{table} still holds the run's object: {line} (slot uid {uid})"
+                );
+            }
+        }
+    }
+    assert_normal_run_still_works(slot);
+}
+
+/// POSIX shared memory (/dev/shm) and message queues must not persist past the run.
+#[test]
+fn posix_shm_and_mqueues_do_not_persist() {
+    let slot = SLOT_BASE + 61;
+    let body = r#"
+#include <sys/mman.h>
+#include <mqueue.h>
+int main() {
+    int fd = shm_open("/verdict-hostile-shm", O_CREAT | O_RDWR, 0600);
+    if (fd >= 0) { ftruncate(fd, 1 << 20); printf("SHM CREATED\n"); }
+    int direct = open("/dev/shm/verdict-hostile-file", O_CREAT | O_RDWR, 0600);
+    if (direct >= 0) printf("DEVSHM FILE CREATED\n");
+    mqd_t q = mq_open("/verdict-hostile-mq", O_CREAT | O_RDWR, 0600, NULL);
+    if (q != (mqd_t)-1) printf("MQ CREATED\n");
+    return 0;
+}"#;
+    let o = c("posixshm", body, &[], Limits::default(), slot);
+    assert_eq!(o.exit_code, Some(0), "{o:?}");
+    for p in [
+        "/dev/shm/verdict-hostile-shm",
+        "/dev/shm/verdict-hostile-file",
+        "/dev/mqueue/verdict-hostile-mq",
+    ] {
+        assert!(
+            !std::path::Path::new(p).exists(),
+            "{p} outlived the run ({})",
+            stdout(&o)
+        );
+    }
+}
+
+/// A datagram socket (socketpair or socket) must not reach a world-writable pathname
+/// datagram socket of the host such as /dev/log, by sendto or by connect.
+#[test]
+fn unix_datagrams_cannot_reach_host_sockets() {
+    use std::os::unix::fs::PermissionsExt;
+    let slot = SLOT_BASE + 62;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let path = dir.path().join("log.sock");
+    let host = std::os::unix::net::UnixDatagram::bind(&path).expect("bind dgram");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    host.set_nonblocking(true).expect("nb");
+    let body = r#"
+#include <stddef.h>
+int main(int argc, char **argv) {
+    struct sockaddr_un a = {0}; a.sun_family = AF_UNIX; strcpy(a.sun_path, argv[1]);
+    int reached = 0;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0) {
+        if (sendto(sv[0], "via-socketpair", 14, 0, (struct sockaddr*)&a, sizeof a) > 0) reached++;
+        if (connect(sv[1], (struct sockaddr*)&a, sizeof a) == 0 && send(sv[1], "via-connect", 11, 0) > 0) reached++;
+    }
+    int d = socket(AF_UNIX, SOCK_DGRAM, 0);
+    if (d >= 0 && sendto(d, "via-socket", 10, 0, (struct sockaddr*)&a, sizeof a) > 0) reached++;
+    struct msghdr m = {0}; struct iovec v = { "via-sendmsg", 11 };
+    m.msg_name = &a; m.msg_namelen = sizeof a; m.msg_iov = &v; m.msg_iovlen = 1;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) == 0 && sendmsg(sv[0], &m, 0) > 0) { /* connected: name ignored */ }
+    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) == 0 && sendmsg(sv[0], &m, 0) > 0) reached++;
+    int st[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, st) != 0) { printf("stream socketpair refused\n"); return 2; }
+    printf("reached=%d\n", reached);
+    return 0;
+}"#;
+    let o = c("dgram", body, &[path_str(&path)], Limits::default(), slot);
+    assert_eq!(o.exit_code, Some(0), "{o:?}");
+    let mut buf = [0u8; 64];
+    let got = host.recv(&mut buf);
+    assert!(
+        got.is_err(),
+        "the host socket received {:?} ({})",
+        got.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()),
+        stdout(&o)
+    );
+}
+
+/// A name bound in the abstract namespace inside the sandbox must not be reachable by host
+/// clients (squatting a well-known name).
+#[test]
+fn abstract_names_cannot_be_squatted_from_inside() {
+    use std::os::linux::net::SocketAddrExt;
+    let slot = SLOT_BASE + 63;
+    let body = r#"
+#include <stddef.h>
+int bind_abstract(int type, const char *n) {
+    int s = socket(AF_UNIX, type, 0);
+    int sv[2];
+    if (s < 0 && socketpair(AF_UNIX, type, 0, sv) == 0) {
+        s = sv[0];
+        /* dissolve the pair so the socket accepts datagrams from anyone */
+        struct sockaddr unspec = { .sa_family = AF_UNSPEC };
+        connect(s, &unspec, sizeof unspec);
+    }
+    if (s < 0) return -1;
+    struct sockaddr_un a = {0}; a.sun_family = AF_UNIX; memcpy(a.sun_path + 1, n, strlen(n));
+    if (bind(s, (struct sockaddr*)&a, offsetof(struct sockaddr_un, sun_path) + 1 + strlen(n)) != 0) return -1;
+    if (type == SOCK_STREAM) listen(s, 8);
+    return s;
+}
+int main() {
+    int a = bind_abstract(SOCK_DGRAM, "verdict-squat-dgram");
+    int b = bind_abstract(SOCK_STREAM, "verdict-squat-stream");
+    printf("%d %d\n", a, b); fflush(stdout);
+    usleep(600000);
+    return 0;
+}"#;
+    let handle = std::thread::spawn(move || c("squat", body, &[], Limits::default(), slot));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let dgram_addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(b"verdict-squat-dgram").expect("addr");
+    let stream_addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(b"verdict-squat-stream").expect("addr");
+    let client = std::os::unix::net::UnixDatagram::unbound().expect("dgram");
+    let sent = client.send_to_addr(b"hello", &dgram_addr);
+    let connected = std::os::unix::net::UnixStream::connect_addr(&stream_addr);
+    let o = handle.join().expect("run thread");
+    assert!(
+        sent.is_err(),
+        "a host client reached the sandbox's datagram name ({})",
+        stdout(&o)
+    );
+    assert!(
+        connected.is_err(),
+        "a host client connected to the sandbox's stream name ({})",
+        stdout(&o)
+    );
+}
+
+/// Legitimate programs open /dev/stdin, /dev/stdout and /proc/self/fd/N.
+#[test]
+fn dev_stdin_stdout_and_proc_self_fd_can_be_opened() {
+    let body = r#"
+int main() {
+    char buf[64] = {0};
+    int in = open("/dev/stdin", O_RDONLY);
+    if (in < 0) { printf("open /dev/stdin: %s\n", strerror(errno)); return 1; }
+    if (read(in, buf, sizeof buf - 1) <= 0) return 2;
+    int out = open("/dev/stdout", O_WRONLY);
+    if (out < 0) { printf("open /dev/stdout: %s\n", strerror(errno)); return 3; }
+    dprintf(out, "stdout:%s", buf);
+    int err = open("/proc/self/fd/2", O_WRONLY);
+    if (err < 0) { printf("open /proc/self/fd/2: %s\n", strerror(errno)); return 4; }
+    dprintf(err, "stderr-ok\n");
+    int o2 = open("/dev/fd/1", O_WRONLY);
+    if (o2 < 0) { printf("open /dev/fd/1: %s\n", strerror(errno)); return 5; }
+    dprintf(o2, "fd-ok\n");
+    return 0;
+}"#;
+    let o = run_c(
+        SLOT_BASE + 64,
+        "devstdio",
+        &format!("{PRELUDE}\n{body}"),
+        &[],
+        b"hello\n",
+        Limits::default(),
+    );
+    assert_eq!(o.exit_code, Some(0), "{o:?} {}", stdout(&o));
+    assert_eq!(stdout(&o), "stdout:hello\nfd-ok\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "stderr-ok\n");
+    // A shell's child (cat) re-opening /dev/stdin too.
+    let sh = run(
+        SLOT_BASE + 64,
+        "/bin/sh",
+        &["-c", "cat /dev/stdin > /dev/stdout"],
+        b"piped\n",
+        Limits::default(),
+    );
+    assert_eq!(stdout(&sh), "piped\n", "{sh:?}");
+}
+
+/// The command lines and environments of host processes (the worker, Redis, the server
+/// with its Redis URL) are not readable from inside: the run sees only its own processes.
+#[test]
+fn host_processes_are_invisible_through_proc() {
+    let me = std::process::id().to_string();
+    let body = r#"
+#include <dirent.h>
+int main(int argc, char **argv) {
+    int bad = 0;
+    char p[64];
+    const char *targets[] = { "1", argv[1], 0 };
+    for (int i = 0; targets[i]; i++) {
+        const char *files[] = { "cmdline", "environ", "status", "stat", 0 };
+        for (int j = 0; files[j]; j++) {
+            snprintf(p, sizeof p, "/proc/%s/%s", targets[i], files[j]);
+            int fd = open(p, O_RDONLY);
+            char buf[256];
+            if (fd >= 0 && read(fd, buf, sizeof buf) > 0) {
+                /* pid 1 inside our own pid namespace is ourselves: that is fine */
+                if (!(targets[i][0] == '1' && targets[i][1] == 0 && getpid() == 1)) { printf("READ %s\n", p); bad++; }
+            }
+        }
+    }
+    DIR *d = opendir("/proc");
+    int others = 0;
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+            if (atoi(e->d_name) != getpid()) { snprintf(p, sizeof p, "/proc/%s/cmdline", e->d_name);
+                int fd = open(p, O_RDONLY); char buf[256];
+                if (fd >= 0 && read(fd, buf, sizeof buf) > 0) { others++; } }
+        }
+    }
+    printf("bad=%d others=%d\n", bad, others);
+    return bad + others;
+}"#;
+    let o = c("procpeek", body, &[&me], Limits::default(), SLOT_BASE + 65);
+    assert_eq!(o.exit_code, Some(0), "{}", stdout(&o));
+}
+
 /// Runs `f` on a thread with a 256 KiB stack, as a stand-in for an async runtime's worker
 /// thread that drops a run dir: removal must not recurse per directory level.
 fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -863,4 +1137,207 @@ fn a_run_dir_whose_pid_was_reused_is_swept() {
         fresh.is_dir(),
         "a dir made after its process started is kept"
     );
+}
+
+#[test]
+fn page_cache_rereads_are_not_memory_limit_exceeded() {
+    // 140 MiB of anonymous memory plus two 60 MiB files re-read several times under
+    // 256 MiB: the files' clean page cache is evicted and read again, which keeps the
+    // cgroup at its limit, but the anonymous working set fits. A plain memory cgroup lets
+    // this finish; so must we.
+    let slot = SLOT_BASE + 83;
+    let limits = Limits {
+        memory_kb: 256 * 1024,
+        file_size_bytes: 128 * 1024 * 1024,
+        wall_ms: 30_000,
+        cpu_ms: 20_000,
+        ..Limits::default()
+    };
+    let t = std::time::Instant::now();
+    let o = c(
+        "rereads",
+        r#"int main(){
+    size_t table = 140u << 20;
+    char *p = malloc(table); if (!p) return 1;
+    for (size_t i = 0; i < table; i += 4096) p[i] = (char)i;
+    static char buf[1 << 20];
+    memset(buf, 7, sizeof buf);
+    const char *names[] = { "a.dat", "b.dat" };
+    for (int f = 0; f < 2; f++) {
+        int fd = open(names[f], O_WRONLY|O_CREAT|O_TRUNC, 0600); if (fd < 0) return 2;
+        for (int i = 0; i < 60; i++) if (write(fd, buf, sizeof buf) != sizeof buf) return 3;
+        close(fd);
+    }
+    long sum = 0;
+    for (int round = 0; round < 40; round++)
+        for (int f = 0; f < 2; f++) {
+            int fd = open(names[f], O_RDONLY); if (fd < 0) return 4;
+            ssize_t n; while ((n = read(fd, buf, sizeof buf)) > 0) sum += buf[n - 1];
+            close(fd);
+            for (size_t i = 0; i < table; i += 4096) sum += p[i];
+        }
+    printf("%ld\n", sum > 0); return 0; }"#,
+        &[],
+        limits,
+        slot,
+    );
+    eprintln!("rereads: {:?} in {:?}", o.limit, t.elapsed());
+    assert_eq!(o.limit, None, "{o:?}");
+    assert!(o.success(), "{o:?}");
+    assert_eq!(stdout(&o), "1\n");
+}
+
+fn host_free_bytes(path: &str) -> u64 {
+    let c = std::ffi::CString::new(path).expect("path");
+    // SAFETY: statvfs is plain old data; the call fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail * st.f_frsize
+}
+
+/// `fallocate`, many files and many inodes: a run is bounded by its slot's disk budget
+/// and the host disk is untouched.
+#[test]
+fn the_disk_budget_bounds_fallocate_files_and_inodes() {
+    let root = unsafe { libc::geteuid() } == 0;
+    let budget = verdict_sandbox::DiskBudget {
+        bytes: 64 << 20,
+        inodes: 4000,
+    };
+    let sb = verdict_sandbox::Sandbox::new(verdict_sandbox::SandboxConfig {
+        base_dir: std::path::PathBuf::from("/tmp/verdict-sandbox-disk-tests"),
+        disk: budget,
+        ..verdict_sandbox::SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let active = sb
+        .report()
+        .iter()
+        .any(|l| l.name == "disk budget" && l.active);
+    assert_eq!(active, root, "the disk budget is on exactly when root");
+    if !active {
+        return;
+    }
+    let slot = SLOT_BASE + 66;
+    let body = r#"
+int main() {
+    long long reserved = 0, written = 0; int files = 0, inodes = 0;
+    signal(SIGXFSZ, SIG_IGN);
+    /* 2 GiB in 32 MiB pieces, each under RLIMIT_FSIZE */
+    for (int i = 0; i < 64; i++) {
+        char name[32]; snprintf(name, sizeof name, "big%d", i);
+        int fd = open(name, O_CREAT | O_WRONLY, 0600);
+        if (fd < 0 || fallocate(fd, 0, 0, 32LL << 20) != 0) { close(fd); break; }
+        reserved += 32LL << 20; close(fd);
+    }
+    printf("reserved=%lld ", reserved);
+    for (int i = 0; i < 64; i++) { char name[32]; snprintf(name, sizeof name, "big%d", i); unlink(name); }
+    static char buf[1 << 20];
+    memset(buf, 'x', sizeof buf);
+    for (int i = 0; i < 200; i++) {
+        char name[32]; snprintf(name, sizeof name, "f%d", i);
+        int f = open(name, O_CREAT | O_WRONLY, 0600);
+        if (f < 0) break;
+        int ok = 1;
+        for (int j = 0; j < 8 && ok; j++) { if (write(f, buf, sizeof buf) != sizeof buf) ok = 0; else written += sizeof buf; }
+        close(f); files++;
+        if (!ok) break;
+    }
+    mkdir("d", 0700);
+    for (int i = 0; i < 100000; i++) {
+        char name[32]; snprintf(name, sizeof name, "d/%d", i);
+        int f = open(name, O_CREAT | O_WRONLY, 0600);
+        if (f < 0) break;
+        close(f); inodes++;
+    }
+    printf("written=%lld files=%d inodes=%d\n", written, files, inodes);
+    return 0;
+}"#;
+    let bin = compile_c("diskfill", &format!("{PRELUDE}\n{body}"));
+    let free_before = host_free_bytes("/tmp");
+    let dir = sb.run_dir(slot).expect("run dir");
+    dir.write_file_mode("diskfill", &bin, 0o700).expect("write");
+    let program = dir.path().join("diskfill");
+    let spec = verdict_sandbox::RunSpec {
+        program: program.clone(),
+        args: vec![],
+        env: env_for(&dir),
+        stdin: b"",
+        dir: &dir,
+        slot,
+        limits: Limits {
+            wall_ms: 20_000,
+            cpu_ms: 10_000,
+            ..Limits::default()
+        },
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let o = sb.run(&spec, &mut |_, _| {}, &cancel).expect("run");
+    let out = stdout(&o);
+    let free_after = host_free_bytes("/tmp");
+    let field = |name: &str| -> i64 {
+        out.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {out:?} ({o:?})"))
+    };
+    assert!(
+        field("reserved") <= (budget.bytes + budget.bytes / 20) as i64,
+        "fallocate took more than the budget: {out}"
+    );
+    // ext4 keeps a little room of its own: allow 5%.
+    let room = (budget.bytes + budget.bytes / 20) as i64;
+    assert!(field("written") <= room, "{out}");
+    // mkfs rounds the inode count up to whole block groups.
+    assert!(
+        field("inodes") <= (budget.inodes + budget.inodes / 10) as i64,
+        "{out}"
+    );
+    assert!(
+        free_before.saturating_sub(free_after) < 2 * budget.bytes,
+        "the host disk lost {} bytes",
+        free_before.saturating_sub(free_after)
+    );
+    drop(dir);
+    // The slot works normally afterwards: the budget is per run.
+    let again = sb.run_dir(slot).expect("run dir");
+    again
+        .write_file("probe", b"ok")
+        .expect("room again after the run");
+}
+
+#[test]
+fn a_compiler_thrashing_at_its_memory_limit_is_stopped_soon() {
+    // cc1plus needs ~200 MB for <bits/stdc++.h>; under 64 MiB without swap it keeps
+    // evicting and re-reading its own text instead of being OOM-killed.
+    if !std::path::Path::new("/usr/bin/g++").exists() {
+        return;
+    }
+    let slot = SLOT_BASE + 84;
+    let dir = sandbox().run_dir(slot).expect("run dir");
+    dir.write_file(
+        "main.cpp",
+        b"#include <bits/stdc++.h>\nint main(){ std::map<int,int> m; std::cout << m.size(); }\n",
+    )
+    .expect("source");
+    let limits = Limits {
+        memory_kb: 64 * 1024,
+        wall_ms: 30_000,
+        cpu_ms: 30_000,
+        ..Limits::default()
+    };
+    let t = std::time::Instant::now();
+    let r = run_in(
+        &dir,
+        slot,
+        "/usr/bin/g++",
+        &["-O2", "-c", "-o", "main.o", "main.cpp"],
+        b"",
+        limits,
+    );
+    let took = t.elapsed();
+    eprintln!("g++ under 64 MiB: {:?} after {took:?}", r.outcome.limit);
+    assert_eq!(r.outcome.limit, Some(LimitHit::Memory), "{:?}", r.outcome);
+    assert!(took < std::time::Duration::from_secs(6), "{took:?}");
 }
