@@ -11,6 +11,7 @@ mod latency;
 mod memory;
 mod quota;
 mod redis;
+mod retention;
 mod types;
 mod watch;
 
@@ -54,6 +55,19 @@ pub struct BrokerSettings {
     /// Unfinished (queued or running) submissions one API key may have at once; 0 = no
     /// limit. Submissions without an owner are not counted.
     pub max_unfinished_per_owner: u64,
+    /// Bytes one submission may keep in its record and event log together (0 = no cap).
+    /// Without it one submission within the output limits (100 tests x 64 MiB) could
+    /// hold gigabytes until its TTL. Live output stops being logged once the log holds
+    /// half of it; the final record is cut to fit the rest (`truncated` set).
+    pub max_retained_bytes_per_submission: u64,
+    /// The embedded broker only: bytes all records and logs may hold together before the
+    /// oldest finished submissions are evicted early (0 = no budget). Unfinished ones are
+    /// never evicted. On Redis, `maxmemory` plays this part.
+    pub max_retained_bytes: u64,
+    /// A worker whose heartbeat is older than this is presumed dead: its jobs are taken
+    /// back at once instead of after the visibility timeout. Workers refresh it every
+    /// [`HEARTBEAT_INTERVAL`], so it must be a few of those.
+    pub worker_alive: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -63,9 +77,19 @@ impl Default for BrokerSettings {
             max_queue: 10_000,
             visibility_timeout: Duration::from_secs(10),
             max_unfinished_per_owner: 0,
+            max_retained_bytes_per_submission: DEFAULT_MAX_RETAINED_PER_SUBMISSION,
+            max_retained_bytes: 512 * 1024 * 1024,
+            worker_alive: Duration::from_secs(3),
         }
     }
 }
+
+/// Default of [`BrokerSettings::max_retained_bytes_per_submission`]: 64 MiB.
+pub const DEFAULT_MAX_RETAINED_PER_SUBMISSION: u64 = 64 * 1024 * 1024;
+
+/// How often a worker heartbeats; [`BrokerSettings::worker_alive`] is a few of these, so
+/// a crashed worker's jobs come back within seconds.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The contract both backends keep. Event `seq` numbers are assigned here, atomically
 /// with the append to the log and the publish, so they never repeat or go back, even
@@ -79,11 +103,16 @@ pub trait Broker: Send + Sync + 'static {
     async fn submission(&self, id: &str) -> Result<Option<Submission>>;
 
     /// Appends a non-final event to the log and publishes it. `None` when the submission
-    /// already finished (the event is discarded: someone else's final write won).
+    /// already finished (the event is discarded: someone else's final write won), or
+    /// when an OutputEvent does not fit the submission's retained-output budget (live
+    /// output stops; the record still gets the output). A TestFinishedEvent over the
+    /// budget is stored with its output cut instead.
     async fn publish(&self, id: &str, kind: EventKind) -> Result<Option<Event>>;
 
     /// Stores the final record and publishes FinishedEvent, if no final write happened
-    /// before. `None` when another writer (a cancel, a duplicate run) won.
+    /// before. `None` when another writer (a cancel, a duplicate run) won. Test outputs
+    /// that do not fit the retained-output budget are cut (`truncated` set); the final
+    /// write itself is never refused for size.
     async fn finish(&self, submission: &Submission) -> Result<Option<Event>>;
 
     /// At most `limit` logged events with `seq > after`, in order. Paged so a subscriber
@@ -93,7 +122,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Joins the live feed of `id`. Anything published after this returns is delivered.
     async fn subscribe(&self, id: &str) -> Result<LiveEvents>;
 
-    /// Waits up to `wait` for the next job for `consumer`.
+    /// Waits up to `wait` for the next job for `consumer`. Jobs of dead workers come
+    /// first: those whose worker stopped heartbeating (after [`BrokerSettings::worker_alive`])
+    /// or stopped renewing the lease (after the visibility timeout). A job whose owner
+    /// still heartbeats or renews is never handed out again.
     async fn next_job(&self, consumer: &str, wait: Duration) -> Result<Option<Delivery>>;
 
     /// Marks a delivery done so it is never redelivered.
@@ -104,7 +136,9 @@ pub trait Broker: Send + Sync + 'static {
     /// Returns false when the lease was already lost to another worker.
     async fn renew(&self, delivery: &Delivery) -> Result<bool>;
 
-    /// Records that worker `consumer` is alive and how busy it is.
+    /// Records that worker `consumer` is alive and how busy it is. Call every
+    /// [`HEARTBEAT_INTERVAL`]: a worker silent for [`BrokerSettings::worker_alive`] is
+    /// presumed dead and its jobs go to the next worker that asks.
     async fn heartbeat(&self, consumer: &str, running: u32, slots: u32) -> Result<()>;
 
     /// Queue and worker figures for `stats` and metrics.

@@ -13,8 +13,60 @@ use tokio::sync::Notify;
 use crate::error::{BrokerError, Result};
 use crate::hub::{Hub, LiveEvents, HUB_CAPACITY};
 use crate::latency::{Histogram, JobLatency};
-use crate::types::{wire_name, Event, EventKind, Job, Status, Submission};
+use crate::retention;
+use crate::types::{
+    wire_name, Event, EventKind, Job, Status, Submission, TestResult, EVENT_OUTPUT_CAP,
+};
 use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
+
+/// Heap bytes assumed for an event or a record beside its text: the estimate the memory
+/// budgets count in (serializing every event just to measure it would cost more CPU than
+/// the rest of a submission).
+const EVENT_OVERHEAD: usize = 256;
+/// The same for one test result.
+const RESULT_OVERHEAD: usize = 128;
+
+fn result_size(r: &TestResult) -> usize {
+    RESULT_OVERHEAD + r.stdout.len() + r.stderr.len()
+}
+
+fn submission_size(s: &Submission) -> usize {
+    EVENT_OVERHEAD
+        + s.id.len()
+        + s.compile_output.as_ref().map_or(0, String::len)
+        + s.message.as_ref().map_or(0, String::len)
+        + s.tests.iter().map(result_size).sum::<usize>()
+}
+
+/// The record plus its FinishedEvent copy (outputs cut to [`EVENT_OUTPUT_CAP`] a stream),
+/// without building the copy.
+fn final_size(s: &Submission) -> usize {
+    let copied: usize = s
+        .tests
+        .iter()
+        .map(|t| t.stdout.len().min(EVENT_OUTPUT_CAP) + t.stderr.len().min(EVENT_OUTPUT_CAP))
+        .sum();
+    let text: usize = s
+        .tests
+        .iter()
+        .map(|t| t.stdout.len() + t.stderr.len())
+        .sum();
+    2 * submission_size(s) + EVENT_OVERHEAD + copied - text
+}
+
+fn event_size(kind: &EventKind) -> usize {
+    EVENT_OVERHEAD
+        + match kind {
+            EventKind::Output { chunk, .. } => chunk.len(),
+            EventKind::TestFinished { result } => result_size(result),
+            EventKind::Finished { submission } => submission_size(submission),
+            _ => 0,
+        }
+}
+
+fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
 
 struct Record {
     submission: Submission,
@@ -22,11 +74,19 @@ struct Record {
     done: bool,
     log: Vec<Event>,
     expires: Instant,
+    /// Estimated bytes of the log.
+    log_bytes: u64,
+    /// Estimated bytes of the record and the log together (what the budgets count).
+    bytes: u64,
 }
 
 struct Lease {
     job: Job,
+    /// The consumer it was last delivered to.
+    consumer: String,
     expires: Instant,
+    /// When it was delivered or renewed last.
+    renewed: Instant,
     deliveries: u64,
 }
 
@@ -38,6 +98,12 @@ struct State {
     next_delivery: u64,
     last_sweep: Option<Instant>,
     workers: HashMap<String, WorkerInfo>,
+    /// When each consumer last showed a sign of life (heartbeat, renew, asking for work).
+    alive: HashMap<String, Instant>,
+    /// Finished submissions, oldest first: the eviction order of the memory budget.
+    finished: VecDeque<String>,
+    /// Estimated bytes of all records and logs.
+    retained: u64,
     /// Unfinished submissions per owner (the per-key quota).
     unfinished: HashMap<String, u64>,
     /// Finished submissions by verdict.
@@ -55,14 +121,88 @@ pub struct MemoryBroker {
 }
 
 impl MemoryBroker {
-    /// A fresh, empty broker.
+    /// A fresh, empty broker. Inside a Tokio runtime it also expires records on a timer,
+    /// so an idle process gives their memory back instead of waiting for the next request.
     pub fn new(settings: BrokerSettings) -> Arc<Self> {
-        Arc::new(MemoryBroker {
+        let period = (settings.ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let broker = Arc::new(MemoryBroker {
             state: Mutex::new(State::default()),
             jobs: Notify::new(),
             hub: Hub::new(HUB_CAPACITY, None),
             settings,
-        })
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&broker);
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    // Ends with the broker: the task holds no strong reference.
+                    let Some(broker) = weak.upgrade() else { break };
+                    let mut state = broker.state();
+                    Self::expire(&mut state, Instant::now());
+                }
+            });
+        }
+        broker
+    }
+
+    /// Estimated bytes all records and logs hold (what `--max-retained-mb` bounds).
+    pub fn retained_bytes(&self) -> u64 {
+        self.state().retained
+    }
+
+    /// Drops expired records now.
+    fn expire(state: &mut State, now: Instant) {
+        state.last_sweep = Some(now);
+        let mut freed = 0;
+        state.records.retain(|_, r| {
+            let keep = r.expires > now;
+            if !keep {
+                freed += r.bytes;
+            }
+            keep
+        });
+        state.retained = state.retained.saturating_sub(freed);
+        if freed > 0 {
+            let State {
+                records, finished, ..
+            } = state;
+            finished.retain(|id| records.contains_key(id));
+            records.shrink_to_fit();
+        }
+    }
+
+    /// Evicts the oldest finished submissions while the total is over the budget. An
+    /// unfinished one is never evicted: its worker still writes to it and a client waits.
+    /// Nor is the newest finished one: its client has just been told it finished and
+    /// may read the record next.
+    fn evict(&self, state: &mut State) {
+        let budget = self.settings.max_retained_bytes;
+        if budget == 0 {
+            return;
+        }
+        while state.retained > budget && state.finished.len() > 1 {
+            let Some(id) = state.finished.pop_front() else {
+                break;
+            };
+            if let Some(record) = state.records.remove(&id) {
+                state.retained = state.retained.saturating_sub(record.bytes);
+                tracing::debug!(submission = %id, bytes = record.bytes, "evicted a finished submission: memory budget");
+            }
+        }
+    }
+
+    /// Notes a sign of life of `consumer`.
+    fn seen(state: &mut State, consumer: &str, now: Instant) {
+        match state.alive.get_mut(consumer) {
+            Some(t) => *t = now,
+            None => {
+                state.alive.insert(consumer.to_owned(), now);
+            }
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -78,11 +218,14 @@ impl MemoryBroker {
         {
             return;
         }
-        state.last_sweep = Some(now);
-        state.records.retain(|_, r| r.expires > now);
+        Self::expire(state, now);
     }
 
-    fn append(&self, record: &mut Record, kind: EventKind) -> Event {
+    /// Appends to the log; returns the event and the bytes it added to the log.
+    fn append(&self, record: &mut Record, kind: EventKind) -> (Event, u64) {
+        let size = to_u64(event_size(&kind));
+        record.log_bytes += size;
+        record.bytes += size;
         record.seq += 1;
         if let Some(status) = kind.status() {
             record.submission.status = status;
@@ -95,7 +238,13 @@ impl MemoryBroker {
             kind,
         };
         record.log.push(event.clone());
-        event
+        (event, size)
+    }
+
+    /// Room the log still has for output-bearing events (`None`: no cap).
+    fn log_room(&self, record: &Record) -> Option<u64> {
+        let cap = self.settings.max_retained_bytes_per_submission;
+        (cap > 0).then(|| retention::log_share(cap).saturating_sub(record.log_bytes))
     }
 }
 
@@ -118,19 +267,23 @@ impl Broker for MemoryBroker {
                 }
                 *busy += 1;
             }
+            let record_bytes = to_u64(submission_size(&job.submission));
             let mut record = Record {
                 submission: job.submission.clone(),
                 seq: 0,
                 done: false,
                 log: Vec::new(),
                 expires: now + self.settings.ttl,
+                log_bytes: 0,
+                bytes: record_bytes,
             };
-            let event = self.append(
+            let (event, _) = self.append(
                 &mut record,
                 EventKind::Queued {
                     position: Some(waiting + 1),
                 },
             );
+            state.retained += record.bytes;
             state.records.insert(job.submission.id.clone(), record);
             let delivery = state.next_delivery;
             state.next_delivery += 1;
@@ -151,16 +304,33 @@ impl Broker for MemoryBroker {
             .map(|r| r.submission.clone()))
     }
 
-    async fn publish(&self, id: &str, kind: EventKind) -> Result<Option<Event>> {
+    async fn publish(&self, id: &str, mut kind: EventKind) -> Result<Option<Event>> {
         let event = {
-            let mut state = self.state();
+            let mut guard = self.state();
+            let state = &mut *guard;
             let Some(record) = state.records.get_mut(id) else {
                 return Err(BrokerError::NotFound(id.to_owned()));
             };
             if record.done {
                 return Ok(None);
             }
-            self.append(record, kind)
+            if let Some(room) = self.log_room(record) {
+                let room = usize::try_from(room).unwrap_or(usize::MAX);
+                if retention::carries_output(&kind) && event_size(&kind) > room {
+                    match &mut kind {
+                        EventKind::TestFinished { result } => {
+                            retention::fit_tests(std::slice::from_mut(result), room, |t| {
+                                EVENT_OVERHEAD + t.iter().map(result_size).sum::<usize>()
+                            });
+                        }
+                        // Live output over the budget is not kept: the record has it.
+                        _ => return Ok(None),
+                    }
+                }
+            }
+            let (event, size) = self.append(record, kind);
+            state.retained += size;
+            event
         };
         self.hub.deliver(event.clone());
         Ok(Some(event))
@@ -175,6 +345,8 @@ impl Broker for MemoryBroker {
                 verdicts,
                 queue_wait,
                 run_time,
+                finished,
+                retained,
                 ..
             } = &mut *guard;
             let Some(record) = records.get_mut(&submission.id) else {
@@ -201,13 +373,26 @@ impl Broker for MemoryBroker {
             }
             let mut last = submission.clone();
             last.status = Status::Finished;
-            let event = self.append(
+            let cap = self.settings.max_retained_bytes_per_submission;
+            if cap > 0 {
+                // The record and its FinishedEvent copy share what the log left over.
+                let room =
+                    usize::try_from(cap.saturating_sub(record.log_bytes)).unwrap_or(usize::MAX);
+                retention::fit_submission(&mut last, room, final_size);
+            }
+            let old = to_u64(submission_size(&record.submission));
+            let new = to_u64(submission_size(&last));
+            let (event, size) = self.append(
                 record,
                 EventKind::Finished {
                     submission: Box::new(last.for_event()),
                 },
             );
             record.submission = last;
+            record.bytes = (record.bytes + new).saturating_sub(old);
+            *retained = (*retained + size + new).saturating_sub(old);
+            finished.push_back(submission.id.clone());
+            self.evict(&mut guard);
             event
         };
         self.hub.deliver(event.clone());
@@ -239,18 +424,31 @@ impl Broker for MemoryBroker {
         loop {
             let notified = self.jobs.notified();
             {
-                let mut state = self.state();
+                let mut guard = self.state();
+                let state = &mut *guard;
                 let now = Instant::now();
+                Self::seen(state, consumer, now);
                 let expires = now + self.settings.visibility_timeout;
-                // A lease nobody renewed belongs to a dead worker: hand it out again.
+                let alive = self.settings.worker_alive;
+                // A lease nobody renewed, or whose worker stopped heartbeating, belongs to
+                // a dead worker: hand it out again.
+                let dead = |l: &Lease| {
+                    now.duration_since(l.renewed) >= alive
+                        && state
+                            .alive
+                            .get(&l.consumer)
+                            .is_none_or(|t| now.duration_since(*t) >= alive)
+                };
                 let stale = state
                     .in_flight
                     .iter()
-                    .find(|(_, l)| l.expires <= now)
+                    .find(|(_, l)| l.expires <= now || dead(l))
                     .map(|(&id, _)| id);
                 if let Some(id) = stale {
                     if let Some(lease) = state.in_flight.get_mut(&id) {
                         lease.expires = expires;
+                        lease.renewed = now;
+                        lease.consumer = consumer.to_owned();
                         lease.deliveries += 1;
                         let job = lease.job.clone();
                         let redeliveries = lease.deliveries - 1;
@@ -265,7 +463,9 @@ impl Broker for MemoryBroker {
                 if let Some((id, job)) = state.queue.pop_front() {
                     let lease = Lease {
                         job: job.clone(),
+                        consumer: consumer.to_owned(),
                         expires,
+                        renewed: now,
                         deliveries: 1,
                     };
                     state.in_flight.insert(id, lease);
@@ -297,12 +497,19 @@ impl Broker for MemoryBroker {
         let Ok(id) = delivery.id.parse::<u64>() else {
             return Ok(false);
         };
-        Ok(match self.state().in_flight.get_mut(&id) {
-            Some(lease) => {
-                lease.expires = Instant::now() + self.settings.visibility_timeout;
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let now = Instant::now();
+        Self::seen(state, &delivery.consumer, now);
+        Ok(match state.in_flight.get_mut(&id) {
+            // Only its holder renews it: a worker that lost it to a reclaim must not
+            // take it back.
+            Some(lease) if lease.consumer == delivery.consumer => {
+                lease.expires = now + self.settings.visibility_timeout;
+                lease.renewed = now;
                 true
             }
-            None => false,
+            _ => false,
         })
     }
 
@@ -313,7 +520,9 @@ impl Broker for MemoryBroker {
             running,
             slots,
         };
-        self.state().workers.insert(consumer.to_owned(), info);
+        let mut state = self.state();
+        Self::seen(&mut state, consumer, Instant::now());
+        state.workers.insert(consumer.to_owned(), info);
         Ok(())
     }
 
@@ -321,6 +530,8 @@ impl Broker for MemoryBroker {
         let mut state = self.state();
         let cutoff = Utc::now() - chrono::Duration::from_std(WORKER_STALE).unwrap_or_default();
         state.workers.retain(|_, w| w.last_heartbeat >= cutoff);
+        let gone = Instant::now().checked_sub(WORKER_STALE);
+        state.alive.retain(|_, t| gone.is_none_or(|g| *t >= g));
         let mut workers: Vec<WorkerInfo> = state.workers.values().cloned().collect();
         workers.sort_by(|a, b| a.name.cmp(&b.name));
         let mut verdicts: Vec<(String, u64)> = state

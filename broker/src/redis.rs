@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, OnceCell};
 use crate::error::{BrokerError, Result};
 use crate::hub::{Control, Hub, LiveEvents, HUB_CAPACITY};
 use crate::latency::{micros, Histogram, JobLatency};
+use crate::retention;
 use crate::types::{wire_name, Event, EventKind, Job, Submission};
 use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
 
@@ -58,6 +59,11 @@ impl Names {
     }
     fn workers(&self) -> String {
         format!("{}:workers", self.ns)
+    }
+    /// Prefix of the per-worker alive keys (`{ns}:alive-worker:{consumer}`), which expire
+    /// [`BrokerSettings::worker_alive`] after the worker's last sign of life.
+    fn alive_prefix(&self) -> String {
+        format!("{}:alive-worker:", self.ns)
     }
     /// Unfinished submissions of one API key (the per-key quota's counter).
     fn unfinished(&self, owner: Option<&str>) -> String {
@@ -96,30 +102,87 @@ return {0, position}
 "#;
 
 /// Renews a lease only if this consumer still holds it (XCLAIM alone would steal it back
-/// from a worker that reclaimed it after our lease expired).
+/// from a worker that reclaimed it after our lease expired). Renewing also proves the
+/// worker alive (KEYS[2], ARGV[4] ms), so a live owner's jobs are never taken early.
 const RENEW_LUA: &str = r#"
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 "#;
 
+/// ARGV[5]: the most bytes the log may hold with this event (0 = no check); over it the
+/// reply is {-2, bytes in the log}. The record's `bytes` field counts the log's bytes.
+/// A heartbeat: the worker registry entry (for `stats`) and the alive key, in one trip.
+const HEARTBEAT_LUA: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+return 1
+"#;
+
+/// Finds one job to take back for consumer ARGV[2], and refreshes its alive key.
+/// First the jobs of workers whose alive key expired (dead: they neither heartbeat nor
+/// renew), once idle for the alive time ARGV[4] ms; XCLAIM with that minimum idle time
+/// refuses an entry its owner renewed meanwhile. Then, as before, any entry idle past the
+/// visibility timeout ARGV[5] ms (a live worker that stopped renewing one job).
+/// Returns {id, job JSON, times delivered before} or {}.
+const RECLAIM_LUA: &str = r#"
+redis.call('SET', ARGV[3] .. ARGV[2], '1', 'PX', ARGV[4])
+local owners = redis.call('XPENDING', KEYS[1], ARGV[1])[4]
+if owners then
+  for _, row in ipairs(owners) do
+    local owner = row[1]
+    if owner ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. owner) == 0 then
+      local rows = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[4], '-', '+', 1, owner)
+      if #rows > 0 then
+        local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[4], rows[1][1])
+        local e = got[1]
+        if e then return {e[1], e[2], rows[1][4], owner} end
+      end
+    end
+  end
+end
+local auto = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[5], '0-0', 'COUNT', 1)
+local e = auto[2][1]
+if e then
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+  return {e[1], e[2], p[1][4] - 1, ''}
+end
+return {}
+"#;
+
 const PUBLISH_LUA: &str = r#"
-if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return -1 end
-if redis.call('HGET', KEYS[1], 'done') == '1' then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return {-1} end
+if redis.call('HGET', KEYS[1], 'done') == '1' then return {0} end
+local limit = tonumber(ARGV[5])
+if limit > 0 then
+  local used = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+  if used + #ARGV[1] > limit then return {-2, used} end
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local ev = '{"seq":' .. seq .. string.sub(ARGV[1], 9)
+redis.call('HINCRBY', KEYS[1], 'bytes', #ev)
 redis.call('RPUSH', KEYS[2], ev)
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[3]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[2], ev)
-return seq
+return {seq}
 "#;
 
+/// ARGV[11]: the most bytes the log, the final record and FinishedEvent may take
+/// together (0 = no check); over it the reply is {-2, bytes in the log} and nothing is
+/// written, so the caller can cut the record and try again.
 const FINISH_LUA: &str = r#"
-if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return -1 end
-if redis.call('HSETNX', KEYS[1], 'done', '1') == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return {-1} end
+if redis.call('HGET', KEYS[1], 'done') == '1' then return {0} end
+local limit = tonumber(ARGV[11])
+if limit > 0 then
+  local used = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+  if used + #ARGV[1] + #ARGV[3] > limit then return {-2, used} end
+end
+redis.call('HSET', KEYS[1], 'done', '1')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local ev = '{"seq":' .. seq .. string.sub(ARGV[1], 9)
 redis.call('RPUSH', KEYS[2], ev)
@@ -139,8 +202,19 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[2], ev)
-return seq
+return {seq}
 "#;
+
+/// The outcome of an event-writing script.
+enum Appended {
+    /// Stored and published with this seq.
+    Stored(u64),
+    /// Someone else's final write came first; nothing was written.
+    Finished,
+    /// It would take the submission past its retained-bytes budget; nothing was
+    /// written. The log holds this many bytes.
+    OverBudget(u64),
+}
 
 /// How to reach Redis and how this process uses it.
 #[derive(Debug, Clone)]
@@ -165,6 +239,12 @@ pub struct RedisBroker {
     publish_script: Script,
     finish_script: Script,
     renew_script: Script,
+    heartbeat_script: Script,
+    reclaim_script: Script,
+    /// Entries pending under this process's own consumer names when it first asked for
+    /// work: left by an earlier process of the same name (a container restarted with
+    /// the same hostname and pid), handed out before anything else. (id, times delivered)
+    inherited: std::sync::Mutex<HashMap<String, std::collections::VecDeque<(String, u64)>>>,
     /// When this process last looked for expired leases (XAUTOCLAIM), to do it ~1/s.
     last_reclaim: std::sync::Mutex<Option<std::time::Instant>>,
     /// Reconnects of any of this process's Redis connections, for /metrics.
@@ -237,6 +317,9 @@ impl RedisBroker {
             publish_script: Script::from_lua(PUBLISH_LUA),
             finish_script: Script::from_lua(FINISH_LUA),
             renew_script: Script::from_lua(RENEW_LUA),
+            heartbeat_script: Script::from_lua(HEARTBEAT_LUA),
+            reclaim_script: Script::from_lua(RECLAIM_LUA),
+            inherited: std::sync::Mutex::new(HashMap::new()),
             last_reclaim: std::sync::Mutex::new(None),
             reconnects,
         });
@@ -359,39 +442,40 @@ async fn message_loop(subscriber: SubscriberClient, hub: Arc<Hub>) {
 
 impl RedisBroker {
     /// Runs an event-writing script (publish or finish): it assigns the seq, appends to
-    /// the log and publishes, atomically. `extra` is the script's third argument (the new
-    /// status, or the final record). `None` when the submission already finished.
+    /// the log and publishes, atomically. `json` is the event's placeholder JSON; `extra`
+    /// is the script's third argument (the new status, or the final record).
     async fn append_event(
         &self,
         script: &Script,
-        mut event: Event,
+        id: &str,
+        json: String,
         extra: String,
         more_keys: Vec<String>,
         more_args: Vec<String>,
-    ) -> Result<Option<Event>> {
-        let id = event.submission_id.clone();
-        let mut keys = vec![self.names.record(&id), self.names.log(&id)];
+    ) -> Result<Appended> {
+        let mut keys = vec![self.names.record(id), self.names.log(id)];
         keys.extend(more_keys);
-        let mut args = vec![
-            Self::placeholder(&event)?,
-            self.names.channel(&id),
-            extra,
-            self.ttl_secs(),
-        ];
+        let mut args = vec![json, self.names.channel(id), extra, self.ttl_secs()];
         args.extend(more_args);
-        let seq: i64 = script.evalsha_with_reload(&self.client, keys, args).await?;
-        match seq {
-            -1 => Err(BrokerError::NotFound(id)),
-            0 => Ok(None),
-            n => {
-                event.seq = n.unsigned_abs();
-                Ok(Some(event))
-            }
+        let reply: Vec<i64> = script.evalsha_with_reload(&self.client, keys, args).await?;
+        match (reply.first().copied(), reply.get(1).copied()) {
+            (Some(-1), _) => Err(BrokerError::NotFound(id.to_owned())),
+            (Some(0), _) => Ok(Appended::Finished),
+            (Some(-2), Some(used)) => Ok(Appended::OverBudget(used.unsigned_abs())),
+            (Some(n), _) if n > 0 => Ok(Appended::Stored(n.unsigned_abs())),
+            _ => Err(BrokerError::Closed),
         }
     }
 
-    /// Hands out an expired lease first (its worker is presumed dead), else a new job.
+    fn cap(&self) -> u64 {
+        self.settings.max_retained_bytes_per_submission
+    }
+
+    /// Hands out a dead worker's job first, else a new job.
     async fn take_job(&self, consumer: &str, wait: Duration) -> Result<Option<Delivery>> {
+        if let Some(delivery) = self.inherited(consumer).await? {
+            return Ok(Some(delivery));
+        }
         if let Some(delivery) = self.reclaim(consumer).await? {
             return Ok(Some(delivery));
         }
@@ -427,8 +511,8 @@ impl RedisBroker {
         }))
     }
 
-    /// XAUTOCLAIM one entry idle for longer than the visibility timeout, at most once a
-    /// second per process unless the last look found one.
+    /// Takes back one job of a dead worker: see [`RECLAIM_LUA`]. At most once a second
+    /// per process unless the last look found one (more may be waiting).
     async fn reclaim(&self, consumer: &str) -> Result<Option<Delivery>> {
         {
             let mut last = self
@@ -441,23 +525,30 @@ impl RedisBroker {
             }
             *last = Some(now);
         }
-        let jobs = self.names.jobs();
+        let alive = self.settings.worker_alive.as_millis().max(1).to_string();
         let idle = self.settings.visibility_timeout.as_millis().to_string();
-        let args = vec![jobs.as_str(), GROUP, consumer, &idle, "0-0", "COUNT", "1"];
         let reply: Value = self
-            .client
-            .custom(
-                CustomCommand::new("XAUTOCLAIM", ClusterHash::FirstKey, false),
-                args,
+            .reclaim_script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.names.jobs()],
+                vec![
+                    GROUP.to_owned(),
+                    consumer.to_owned(),
+                    self.names.alive_prefix(),
+                    alive,
+                    idle,
+                ],
             )
             .await?;
-        // Reply: [cursor, [[id, [field, value...]], ...], [deleted ids]]
-        let entry = reply
-            .into_array()
-            .into_iter()
-            .nth(1)
-            .and_then(|e| e.into_array().into_iter().next());
-        let Some((id, job, _)) = entry.and_then(parse_stream_entry) else {
+        // {id, [field, value...], times delivered before, dead owner or ""} or {}
+        let mut row = reply.into_array().into_iter();
+        let (Some(id), Some(fields), Some(delivered), owner) =
+            (row.next(), row.next(), row.next(), row.next())
+        else {
+            return Ok(None);
+        };
+        let Some((id, job, _)) = parse_stream_entry(Value::Array(vec![id, fields])) else {
             return Ok(None);
         };
         // Look again soon: more may have expired with the same worker.
@@ -465,29 +556,96 @@ impl RedisBroker {
             .last_reclaim
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        let detail: Value = self
-            .client
-            .custom(
-                CustomCommand::new("XPENDING", ClusterHash::FirstKey, false),
-                vec![jobs.as_str(), GROUP, &id, &id, "1"],
-            )
-            .await?;
-        // [[id, consumer, idle ms, times delivered]]
-        let delivered = detail
-            .into_array()
-            .into_iter()
-            .next()
-            .and_then(|row| row.into_array().into_iter().nth(3))
-            .and_then(|n| n.as_u64())
-            .unwrap_or(2);
+        let delivered = delivered.as_u64().unwrap_or(1);
         let job: Job = serde_json::from_str(&job)?;
-        tracing::warn!(submission = %job.submission.id, delivered, "reclaimed a job from a worker that stopped renewing it");
+        let owner = owner.and_then(|o| o.into_string()).unwrap_or_default();
+        if owner.is_empty() {
+            tracing::warn!(submission = %job.submission.id, delivered, "reclaimed a job whose lease expired");
+        } else {
+            tracing::warn!(submission = %job.submission.id, delivered, %owner, "reclaimed a job from a worker that stopped heartbeating");
+        }
         Ok(Some(Delivery {
             id,
             consumer: consumer.to_owned(),
             job,
-            redeliveries: delivered.saturating_sub(1),
+            redeliveries: delivered,
         }))
+    }
+
+    /// Hands out, once, each entry that was pending under `consumer` before this process
+    /// first asked for work as `consumer`: they belong to a dead earlier process of the
+    /// same name, whose alive key this process keeps fresh, so [`Self::reclaim`] would
+    /// only find them after the visibility timeout.
+    async fn inherited(&self, consumer: &str) -> Result<Option<Delivery>> {
+        let known = self
+            .inherited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(consumer);
+        if !known {
+            let jobs = self.names.jobs();
+            let rows: Value = self
+                .client
+                .custom(
+                    CustomCommand::new("XPENDING", ClusterHash::FirstKey, false),
+                    vec![jobs.as_str(), GROUP, "-", "+", "1000", consumer],
+                )
+                .await?;
+            // [[id, consumer, idle ms, times delivered], ...]
+            let found: std::collections::VecDeque<(String, u64)> = rows
+                .into_array()
+                .into_iter()
+                .filter_map(|row| {
+                    let mut row = row.into_array().into_iter();
+                    let id = row.next()?.into_string()?;
+                    let delivered = row.nth(2)?.as_u64()?;
+                    Some((id, delivered))
+                })
+                .collect();
+            if !found.is_empty() {
+                tracing::warn!(
+                    consumer,
+                    jobs = found.len(),
+                    "taking back jobs an earlier process of this name left running"
+                );
+            }
+            self.inherited
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(consumer.to_owned())
+                .or_insert(found);
+        }
+        loop {
+            let next = self
+                .inherited
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_mut(consumer)
+                .and_then(std::collections::VecDeque::pop_front);
+            let Some((id, delivered)) = next else {
+                return Ok(None);
+            };
+            let jobs = self.names.jobs();
+            // XCLAIM to ourselves: counts the delivery and resets the idle time.
+            let reply: Value = self
+                .client
+                .custom(
+                    CustomCommand::new("XCLAIM", ClusterHash::FirstKey, false),
+                    vec![jobs.as_str(), GROUP, consumer, "0", id.as_str()],
+                )
+                .await?;
+            let entry = reply.into_array().into_iter().next();
+            let Some((id, job, _)) = entry.and_then(parse_stream_entry) else {
+                continue; // acked or deleted meanwhile
+            };
+            let job: Job = serde_json::from_str(&job)?;
+            return Ok(Some(Delivery {
+                id,
+                consumer: consumer.to_owned(),
+                job,
+                redeliveries: delivered,
+            }));
+        }
     }
 }
 
@@ -579,14 +737,59 @@ impl Broker for RedisBroker {
 
     async fn publish(&self, id: &str, kind: EventKind) -> Result<Option<Event>> {
         let status = kind.status().map(wire_name).unwrap_or_default();
-        let event = Event {
+        let cap = self.cap();
+        let mut limit = if cap > 0 && retention::carries_output(&kind) {
+            retention::log_share(cap)
+        } else {
+            0
+        };
+        let mut event = Event {
             seq: 0,
             submission_id: id.to_owned(),
             at: Utc::now(),
             kind,
         };
-        self.append_event(&self.publish_script, event, status, vec![], vec![])
-            .await
+        loop {
+            let json = Self::placeholder(&event)?;
+            let outcome = self
+                .append_event(
+                    &self.publish_script,
+                    id,
+                    json,
+                    status.clone(),
+                    vec![],
+                    vec![limit.to_string()],
+                )
+                .await?;
+            let used = match outcome {
+                Appended::Stored(seq) => {
+                    event.seq = seq;
+                    return Ok(Some(event));
+                }
+                Appended::Finished => return Ok(None),
+                Appended::OverBudget(used) => used,
+            };
+            let mut probe = event.clone();
+            let EventKind::TestFinished { result } = &mut event.kind else {
+                // Live output over the budget is not kept: the record has it.
+                return Ok(None);
+            };
+            // Cut the result's output to the room left and store it unchecked (a
+            // racing writer may take a little of the room meanwhile); when nothing fits,
+            // without output: it is small and bounded by the test count.
+            let room = usize::try_from(limit.saturating_sub(used)).unwrap_or(usize::MAX);
+            let fits = retention::fit_tests(std::slice::from_mut(result), room, |t| {
+                if let (EventKind::TestFinished { result }, Some(t)) = (&mut probe.kind, t.first())
+                {
+                    *result = t.clone();
+                }
+                serde_json::to_string(&probe).map_or(usize::MAX, |j| j.len())
+            });
+            if !fits {
+                retention::cut_outputs(std::slice::from_mut(result), 0);
+            }
+            limit = 0;
+        }
     }
 
     async fn finish(&self, submission: &Submission) -> Result<Option<Event>> {
@@ -594,7 +797,7 @@ impl Broker for RedisBroker {
         let mut last = submission.clone();
         last.status = crate::types::Status::Finished;
         let record = serde_json::to_string(&last)?;
-        let event = Event {
+        let mut event = Event {
             seq: 0,
             submission_id: id.clone(),
             at: Utc::now(),
@@ -604,6 +807,7 @@ impl Broker for RedisBroker {
         };
         let verdict = last.verdict.map(wire_name).unwrap_or_default();
         let owner = submission.owner.as_deref();
+        let cap = self.cap();
         let keys = vec![
             self.names.unfinished(owner),
             self.names.verdicts(),
@@ -620,8 +824,49 @@ impl Broker for RedisBroker {
                 None => args.extend([String::new(), String::new()]),
             }
         }
-        self.append_event(&self.finish_script, event, record, keys, args)
-            .await
+        let mut limit = cap;
+        let (mut record, mut json) = (record, Self::placeholder(&event)?);
+        loop {
+            let mut more = args.clone();
+            more.push(limit.to_string());
+            let outcome = self
+                .append_event(&self.finish_script, id, json, record, keys.clone(), more)
+                .await?;
+            let used = match outcome {
+                Appended::Stored(seq) => {
+                    let mut event = event;
+                    event.seq = seq;
+                    return Ok(Some(event));
+                }
+                Appended::Finished => return Ok(None),
+                Appended::OverBudget(used) => used,
+            };
+            // Cut the record's outputs so it and its FinishedEvent fit what the log
+            // left; the second attempt is unchecked, so the final write always happens.
+            let room = usize::try_from(cap.saturating_sub(used)).unwrap_or(usize::MAX);
+            let (sid, at) = (event.submission_id.clone(), event.at);
+            let measure = |s: &Submission| {
+                let event = Event {
+                    seq: 0,
+                    submission_id: sid.clone(),
+                    at,
+                    kind: EventKind::Finished {
+                        submission: Box::new(s.for_event()),
+                    },
+                };
+                let record = serde_json::to_string(s).map_or(usize::MAX, |j| j.len());
+                let event = Self::placeholder(&event).map_or(usize::MAX, |j| j.len());
+                record.saturating_add(event)
+            };
+            retention::fit_submission(&mut last, room, measure);
+            tracing::warn!(submission = %id, room, "final record over the retained-output budget; outputs cut");
+            event.kind = EventKind::Finished {
+                submission: Box::new(last.for_event()),
+            };
+            record = serde_json::to_string(&last)?;
+            json = Self::placeholder(&event)?;
+            limit = 0;
+        }
     }
 
     async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
@@ -653,11 +898,15 @@ impl Broker for RedisBroker {
             .renew_script
             .evalsha_with_reload(
                 &self.client,
-                vec![self.names.jobs()],
+                vec![
+                    self.names.jobs(),
+                    format!("{}{}", self.names.alive_prefix(), delivery.consumer),
+                ],
                 vec![
                     GROUP.to_owned(),
                     delivery.consumer.clone(),
                     delivery.id.clone(),
+                    self.settings.worker_alive.as_millis().max(1).to_string(),
                 ],
             )
             .await?;
@@ -672,10 +921,18 @@ impl Broker for RedisBroker {
             slots,
         };
         let _: i64 = self
-            .client
-            .hset(
-                self.names.workers(),
-                (consumer, serde_json::to_string(&info)?),
+            .heartbeat_script
+            .evalsha_with_reload(
+                &self.client,
+                vec![
+                    self.names.workers(),
+                    format!("{}{consumer}", self.names.alive_prefix()),
+                ],
+                vec![
+                    consumer.to_owned(),
+                    serde_json::to_string(&info)?,
+                    self.settings.worker_alive.as_millis().max(1).to_string(),
+                ],
             )
             .await?;
         Ok(())

@@ -92,7 +92,16 @@ impl State {
             }
             match tokio::time::timeout(QUIET_RECHECK, self.live.recv()).await {
                 Ok(Some(Signal::Event(event))) => self.buffer.push_back(Event::clone(&event)),
-                Ok(Some(Signal::Resync)) | Err(_) => self.refill_retrying().await,
+                Ok(Some(Signal::Resync)) | Err(_) => {
+                    self.refill_retrying().await;
+                    // Expired or evicted (memory budget) while watched: end, do not hang.
+                    if self.buffer.is_empty()
+                        && matches!(self.broker.submission(&self.id).await, Ok(None))
+                    {
+                        self.done = true;
+                        return Some(Err(BrokerError::NotFound(self.id.clone())));
+                    }
+                }
                 Ok(None) => return Some(Err(BrokerError::Closed)),
             }
         }

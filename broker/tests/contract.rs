@@ -447,3 +447,288 @@ async fn latency_histograms_count_each_finished_submission_once(broker: SharedBr
     assert_eq!(le(&stats.run_time, 1.0), Some(0));
     assert_eq!(le(&stats.run_time, 2.5), Some(1));
 }
+
+fn output(chunk: String) -> EventKind {
+    EventKind::Output {
+        test: 1,
+        stream: Stream::Stdout,
+        chunk,
+    }
+}
+
+fn result_with(index: u32, stdout: String) -> TestResult {
+    TestResult {
+        index,
+        verdict: Verdict::Accepted,
+        time_ms: 1,
+        wall_time_ms: 1,
+        memory_kb: 1,
+        exit_code: Some(0),
+        signal: None,
+        stdout,
+        stderr: String::new(),
+        truncated: false,
+    }
+}
+
+/// Bytes a submission's record and log take as JSON: what Redis holds, and close to what
+/// the memory backend estimates.
+async fn retained_json(broker: &SharedBroker, id: &str) -> usize {
+    let record = broker.submission(id).await.expect("read").expect("exists");
+    let log = broker.events_after(id, 0, usize::MAX).await.expect("log");
+    serde_json::to_string(&record).expect("json").len()
+        + log
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("json").len())
+            .sum::<usize>()
+}
+
+/// One submission's live output, test results and final record together stay within
+/// `max_retained_bytes_per_submission`; cut outputs say `truncated`, the record keeps
+/// the largest share, and the final write is never refused.
+#[tokio::test]
+async fn retained_output_is_capped_per_submission_on_both_backends() {
+    const CAP: u64 = 256 * 1024;
+    let settings = BrokerSettings {
+        max_retained_bytes_per_submission: CAP,
+        ..BrokerSettings::default()
+    };
+    let memory: SharedBroker = MemoryBroker::new(settings.clone());
+    let redis: SharedBroker = RedisBroker::connect(RedisSettings {
+        url: redis_url(),
+        namespace: namespace(),
+        broker: settings,
+    })
+    .await
+    .expect("connect");
+    for broker in [memory, redis] {
+        let job = job("print('x' * 10**6)");
+        broker.submit(&job).await.expect("submit");
+        let id = job.submission.id.clone();
+        let mut kept = 0;
+        for _ in 0..50 {
+            let chunk = "o".repeat(8 * 1024);
+            if broker
+                .publish(&id, output(chunk))
+                .await
+                .expect("publish")
+                .is_some()
+            {
+                kept += 1;
+            }
+        }
+        assert!(
+            (5..=16).contains(&kept),
+            "about half of 256 KiB of live output is kept, got {kept} chunks of 8 KiB"
+        );
+        let big = result_with(1, "r".repeat(300 * 1024));
+        let event = broker
+            .publish(
+                &id,
+                EventKind::TestFinished {
+                    result: big.clone(),
+                },
+            )
+            .await
+            .expect("publish")
+            .expect("a test result is stored even over the budget");
+        let EventKind::TestFinished { result } = event.kind else {
+            panic!("not a TestFinished: {event:?}");
+        };
+        assert!(
+            result.truncated && result.stdout.len() < 64 * 1024,
+            "{}",
+            result.stdout.len()
+        );
+        let mut done = job.submission.clone();
+        done.tests = vec![big.clone(), result_with(2, "s".repeat(300 * 1024))];
+        done.finish(Verdict::Accepted);
+        let finished = broker.finish(&done).await.expect("finish");
+        assert!(finished.is_some(), "the final write happens");
+        let record = broker.submission(&id).await.expect("read").expect("exists");
+        assert_eq!(record.status, Status::Finished);
+        assert!(record.tests.iter().all(|t| t.truncated));
+        let kept: usize = record.tests.iter().map(|t| t.stdout.len()).sum();
+        assert!(kept >= 32 * 1024, "the record keeps a fair share: {kept}");
+        let total = retained_json(&broker, &id).await;
+        assert!(
+            total <= CAP as usize + 16 * 1024,
+            "{total} bytes retained for a cap of {CAP}"
+        );
+        // Without output an event is always stored.
+        assert!(broker.finish(&done).await.expect("again").is_none());
+    }
+}
+
+/// The embedded broker's memory budget evicts the oldest finished submissions first and
+/// never an unfinished one; records also expire on a timer, with no request arriving.
+#[tokio::test]
+async fn the_memory_budget_evicts_oldest_finished_and_never_unfinished() {
+    let broker = MemoryBroker::new(BrokerSettings {
+        max_retained_bytes: 1024 * 1024,
+        max_retained_bytes_per_submission: 0,
+        ..BrokerSettings::default()
+    });
+    let shared: SharedBroker = broker.clone();
+    let finish_with = |job: &Job, kib: usize| {
+        let mut s = job.submission.clone();
+        s.tests = vec![result_with(1, "x".repeat(kib * 1024))];
+        s.finish(Verdict::Accepted);
+        s
+    };
+    let (a, b, running, d) = (job("a"), job("b"), job("running"), job("d"));
+    for j in [&a, &b, &running, &d] {
+        shared.submit(j).await.expect("submit");
+    }
+    shared
+        .finish(&finish_with(&a, 300))
+        .await
+        .expect("finish a");
+    shared
+        .finish(&finish_with(&b, 300))
+        .await
+        .expect("finish b");
+    for _ in 0..10 {
+        shared
+            .publish(&running.submission.id, output("y".repeat(60 * 1024)))
+            .await
+            .expect("publish")
+            .expect("stored");
+    }
+    shared
+        .finish(&finish_with(&d, 300))
+        .await
+        .expect("finish d");
+    let there = |id: String| {
+        let shared = Arc::clone(&shared);
+        async move { shared.submission(&id).await.expect("read").is_some() }
+    };
+    assert!(
+        !there(a.submission.id.clone()).await,
+        "the oldest finished is evicted"
+    );
+    assert!(
+        there(running.submission.id.clone()).await,
+        "an unfinished one stays"
+    );
+    assert!(
+        there(d.submission.id.clone()).await,
+        "the newest finished stays"
+    );
+    assert!(
+        broker.retained_bytes() <= 1024 * 1024 + 700 * 1024,
+        "{}",
+        broker.retained_bytes()
+    );
+    // Unfinished output alone over the budget: nothing unfinished goes.
+    for _ in 0..20 {
+        shared
+            .publish(&running.submission.id, output("z".repeat(60 * 1024)))
+            .await
+            .expect("publish")
+            .expect("an unfinished submission is never cut by the global budget");
+    }
+    shared
+        .finish(&finish_with(&running, 1))
+        .await
+        .expect("finish");
+    assert!(
+        there(running.submission.id.clone()).await,
+        "the last one written stays"
+    );
+
+    let short = MemoryBroker::new(BrokerSettings {
+        ttl: Duration::from_secs(1),
+        ..BrokerSettings::default()
+    });
+    let s: SharedBroker = short.clone();
+    let j = job("expires");
+    s.submit(&j).await.expect("submit");
+    s.finish(&finish_with(&j, 100)).await.expect("finish");
+    assert!(short.retained_bytes() > 100 * 1024);
+    // No request in between: the timer alone must give the memory back.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert_eq!(short.retained_bytes(), 0, "expired on the timer");
+}
+
+async fn broker_pair(settings: BrokerSettings) -> [SharedBroker; 2] {
+    let memory: SharedBroker = MemoryBroker::new(settings.clone());
+    let redis: SharedBroker = RedisBroker::connect(RedisSettings {
+        url: redis_url(),
+        namespace: namespace(),
+        broker: settings,
+    })
+    .await
+    .expect("connect");
+    [memory, redis]
+}
+
+/// Waits up to `within` for `consumer` to be handed a job.
+async fn take_within(broker: &SharedBroker, consumer: &str, within: Duration) -> Option<Delivery> {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        broker.heartbeat(consumer, 0, 1).await.expect("heartbeat");
+        if let Some(d) = broker
+            .next_job(consumer, Duration::from_millis(300))
+            .await
+            .expect("next_job")
+        {
+            return Some(d);
+        }
+    }
+    None
+}
+
+/// A worker that stops heartbeating loses its job to the next worker within seconds,
+/// long before the visibility timeout; one that keeps heartbeating and renewing never
+/// does.
+#[tokio::test]
+async fn a_dead_workers_job_is_taken_back_once_its_heartbeat_stops() {
+    let settings = BrokerSettings {
+        visibility_timeout: Duration::from_secs(60),
+        worker_alive: Duration::from_secs(1),
+        ..BrokerSettings::default()
+    };
+    for broker in broker_pair(settings).await {
+        // A live owner: heartbeats and renews; nobody else gets its job.
+        let live = job("live");
+        broker.submit(&live).await.expect("submit");
+        let held = take_within(&broker, "owner", Duration::from_secs(2))
+            .await
+            .expect("delivered");
+        assert_eq!(held.job.submission.id, live.submission.id);
+        let keeper = {
+            let broker = Arc::clone(&broker);
+            let held = held.clone();
+            tokio::spawn(async move {
+                loop {
+                    broker.heartbeat("owner", 1, 1).await.expect("heartbeat");
+                    assert!(broker.renew(&held).await.expect("renew"), "lease kept");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            })
+        };
+        let stolen = take_within(&broker, "other", Duration::from_secs(3)).await;
+        assert!(
+            stolen.is_none(),
+            "a live owner's job was handed out: {stolen:?}"
+        );
+        keeper.abort();
+        let _ = keeper.await;
+
+        // The owner dies (no heartbeat, no renewal): the other worker takes it promptly.
+        let started = std::time::Instant::now();
+        let taken = take_within(&broker, "other", Duration::from_secs(8))
+            .await
+            .expect("the dead worker's job is taken back");
+        let took = started.elapsed();
+        assert_eq!(taken.job.submission.id, live.submission.id);
+        assert_eq!(taken.redeliveries, 1);
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        assert!(
+            !broker.renew(&held).await.expect("renew"),
+            "the dead owner's lease is gone"
+        );
+        broker.ack(&taken).await.expect("ack");
+    }
+}

@@ -167,7 +167,10 @@ impl Worker {
         heartbeat.abort();
     }
 
-    /// Tells the broker this worker is alive and how busy it is, every few seconds.
+    /// Tells the broker this worker is alive and how busy it is, every
+    /// [`verdict_broker::HEARTBEAT_INTERVAL`]: a worker silent for a few of those is
+    /// presumed dead and its jobs are taken back by the next worker that asks, so a
+    /// crash costs seconds, not the visibility timeout.
     async fn heartbeats(self: Arc<Self>) {
         let slots = u32::try_from(self.config.concurrency).unwrap_or(u32::MAX);
         loop {
@@ -179,7 +182,7 @@ impl Worker {
             {
                 tracing::debug!(error = %e, "heartbeat failed");
             }
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::time::sleep(verdict_broker::HEARTBEAT_INTERVAL).await;
         }
     }
 
