@@ -326,11 +326,11 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         };
         params.insert(key, value);
     }
-    let request = match request_from(&params) {
+    let mut request = match request_from(&params) {
         Ok(r) => r,
         Err(why) => return state.bad_request(accept, why),
     };
-    if is_mutation(&request) {
+    if is_mutation(&mut request) {
         let mut response = error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             accept,
@@ -346,12 +346,14 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
 }
 
 /// Does `request` select a mutation? (A document that does not parse is left to the
-/// executor, which reports the syntax error.)
-fn is_mutation(request: &async_graphql::Request) -> bool {
-    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+/// executor, which reports the syntax error.) The parsed document stays in `request`, so
+/// the executor does not parse it again.
+fn is_mutation(request: &mut async_graphql::Request) -> bool {
+    let operation_name = request.operation_name.clone();
+    let Ok(doc) = request.parsed_query() else {
         return false;
     };
-    let ty = match (&doc.operations, request.operation_name.as_deref()) {
+    let ty = match (&doc.operations, operation_name.as_deref()) {
         (DocumentOperations::Single(op), _) => Some(op.node.ty),
         (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| op.node.ty),
         (DocumentOperations::Multiple(ops), None) => {
@@ -450,6 +452,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(stats) = &stats {
         crate::metrics::Metrics::render_shared(&mut body, stats);
     }
+    // procfs reads do not block on a disk, but tokio::fs keeps them off the runtime.
+    if let Ok(status) = tokio::fs::read_to_string("/proc/self/status").await {
+        crate::metrics::Metrics::render_process(&mut body, &status);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -484,13 +490,13 @@ mod tests {
 
     #[test]
     fn mutation_detection() {
-        let m = |q: &str| is_mutation(&async_graphql::Request::new(q));
+        let m = |q: &str| is_mutation(&mut async_graphql::Request::new(q));
         assert!(m("mutation { cancel(id: 1) { id } }"));
         assert!(!m("{ languages { id } }"));
         assert!(!m("query Q { languages { id } }"));
         assert!(!m("not graphql"));
-        let named =
+        let mut named =
             async_graphql::Request::new("query A { a } mutation B { b }").operation_name("B");
-        assert!(is_mutation(&named));
+        assert!(is_mutation(&mut named));
     }
 }

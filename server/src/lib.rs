@@ -74,6 +74,7 @@ pub fn state_with(
     .extension(limits::Guard {
         access: Arc::clone(&access),
         metrics,
+        max_query_bytes: limits.query_bytes(&api.policy),
     })
     .limit_depth(limits.max_depth)
     .limit_complexity(limits.max_complexity)

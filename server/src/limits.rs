@@ -15,13 +15,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextResolve,
-    NextValidation, ResolveInfo,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
+    NextRequest, NextResolve, NextSubscribe, NextValidation, ResolveInfo,
 };
-use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+};
 use async_graphql::{
-    ErrorExtensions, ServerError, ServerResult, ValidationResult, Value, Variables,
+    ErrorExtensions, Request, Response, ServerError, ServerResult, ValidationResult, Value,
+    Variables,
 };
+use futures_util::stream::{BoxStream, StreamExt};
 
 use verdict_broker::{ConnectionCount, RedisQuota};
 
@@ -67,6 +71,10 @@ pub struct ApiLimits {
     /// Allow schema introspection (`__schema`, `__type`); switch off in production if
     /// the schema should not be browsable.
     pub introspection: bool,
+    /// Longest GraphQL document (the `query` text), bytes. Parsing is linear but not
+    /// cheap (pest), and the body cap is sized for large variables, not for documents;
+    /// None = the source cap plus 1 MiB, so a source inlined as a literal still fits.
+    pub max_query_bytes: Option<usize>,
 }
 
 impl Default for ApiLimits {
@@ -87,6 +95,7 @@ impl Default for ApiLimits {
             max_directives: 8,
             max_aliases: 30,
             introspection: true,
+            max_query_bytes: None,
         }
     }
 }
@@ -101,6 +110,12 @@ impl ApiLimits {
                 .saturating_add(policy.max_expected_bytes)
                 .saturating_add(1024 * 1024)
         })
+    }
+
+    /// The document cap for `policy` (see [`ApiLimits::max_query_bytes`]).
+    pub fn query_bytes(&self, policy: &InputPolicy) -> usize {
+        self.max_query_bytes
+            .unwrap_or_else(|| policy.max_source_bytes.saturating_add(1024 * 1024))
     }
 
     pub fn ws_message_bytes(&self, policy: &InputPolicy) -> usize {
@@ -306,11 +321,14 @@ impl TokenBuckets {
 /// The mutation root's GraphQL type name (schema.graphql).
 const MUTATION_TYPE: &str = "MutationRoot";
 
-/// Schema extension: rate-limits `submit`, times it, and counts requests by operation
-/// type and outcome.
+/// Schema extension: refuses oversized and exponentially expanding documents before
+/// async-graphql walks them, gives every input error a code, rate-limits `submit`, times
+/// it, and counts requests by operation type and outcome.
 pub(crate) struct Guard {
     pub access: Arc<Access>,
     pub metrics: Arc<Metrics>,
+    /// Longest document accepted, bytes ([`ApiLimits::query_bytes`]).
+    pub max_query_bytes: usize,
 }
 
 impl ExtensionFactory for Guard {
@@ -318,6 +336,7 @@ impl ExtensionFactory for Guard {
         Arc::new(GuardExtension {
             access: Arc::clone(&self.access),
             metrics: Arc::clone(&self.metrics),
+            max_query_bytes: self.max_query_bytes,
             operation: Mutex::new(None),
             short_strings: Mutex::new(HashMap::new()),
         })
@@ -327,6 +346,7 @@ impl ExtensionFactory for Guard {
 struct GuardExtension {
     access: Arc<Access>,
     metrics: Arc<Metrics>,
+    max_query_bytes: usize,
     operation: Mutex<Option<Operation>>,
     /// Short string variables (and `language` inside object variables), so that a
     /// submit's language can be read for /metrics without cloning large variables.
@@ -379,10 +399,166 @@ fn coded(mut error: ServerError) -> ServerError {
     error
 }
 
+/// Gives every error without a code BAD_USER_INPUT. Our own errors always carry a code
+/// (ApiError, and `coded` above), so an error without one is async-graphql refusing the
+/// request's input where no hook of ours sees it first: an Int argument outside 32 bits
+/// or an undefined variable (found while resolving the field), an unknown or missing
+/// operation name, a subscription sent over HTTP.
+fn code_input_errors(errors: &mut Vec<ServerError>) {
+    for error in std::mem::take(errors) {
+        errors.push(coded(error));
+    }
+}
+
+/// Why a document is refused before async-graphql expands it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DocumentRefusal {
+    #[error("the query document is {len} bytes; at most {max} are allowed")]
+    TooLong { len: usize, max: usize },
+    #[error("fragment `{0}` spreads itself (directly or through other fragments)")]
+    FragmentCycle(String),
+    #[error("the query has {spreads} fragment spreads; at most {max} are allowed")]
+    TooManySpreads { spreads: usize, max: usize },
+    #[error(
+        "the query has more than {max} selections once its fragments are spread out; \
+         at most {max} are allowed"
+    )]
+    TooComplex { max: usize },
+}
+
+impl DocumentRefusal {
+    fn into_server_error(self) -> ServerError {
+        coded(ServerError::new(self.to_string(), None))
+    }
+}
+
+/// One selection set's own selections (fields, inline fragments and spreads, at every
+/// nesting level) and the fragments it spreads, in order and with repeats.
+struct Body<'a> {
+    own: usize,
+    spreads: Vec<&'a str>,
+}
+
+impl<'a> Body<'a> {
+    fn of(set: &'a SelectionSet) -> Self {
+        fn walk<'a>(set: &'a SelectionSet, body: &mut Body<'a>) {
+            for item in &set.items {
+                body.own = body.own.saturating_add(1);
+                match &item.node {
+                    Selection::Field(f) => walk(&f.node.selection_set.node, body),
+                    Selection::InlineFragment(f) => walk(&f.node.selection_set.node, body),
+                    Selection::FragmentSpread(s) => {
+                        body.spreads.push(s.node.fragment_name.node.as_str());
+                    }
+                }
+            }
+        }
+        // Recursion depth is the selection nesting, which the parser already bounds.
+        let mut body = Body {
+            own: 0,
+            spreads: Vec::new(),
+        };
+        walk(set, &mut body);
+        body
+    }
+}
+
+/// How many selections each operation has once every fragment spread is replaced by the
+/// fragment's selections, the work async-graphql's depth, directive and complexity
+/// checks do (they walk the expansion). Each fragment F0 { ...F1 ...F1 } doubles it, so
+/// a 1 KB document expands to millions: the count is computed here instead in time
+/// linear in the document, each fragment's expansion once (memoized over the fragment
+/// graph, depth-first with an explicit stack, so a long chain cannot overflow ours).
+///
+/// Refuses: a fragment cycle; more than `max` spreads in the document; any operation
+/// or fragment (used or not: validation visits every one) expanding to more than `max`
+/// selections. A spread counts as a selection, so a fragment of spreads of unknown
+/// fragments costs too. Returns the largest operation's expansion.
+pub(crate) fn check_expansion(
+    doc: &ExecutableDocument,
+    max: usize,
+) -> Result<usize, DocumentRefusal> {
+    enum Seen {
+        New,
+        OnStack,
+        Done(usize),
+    }
+    let names: Vec<&str> = doc.fragments.keys().map(|n| n.as_str()).collect();
+    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let bodies: Vec<Body> = doc
+        .fragments
+        .values()
+        .map(|f| Body::of(&f.node.selection_set.node))
+        .collect();
+    let operations: Vec<Body> = doc
+        .operations
+        .iter()
+        .map(|(_, op)| Body::of(&op.node.selection_set.node))
+        .collect();
+    let spreads = bodies
+        .iter()
+        .chain(&operations)
+        .fold(0usize, |n, b| n.saturating_add(b.spreads.len()));
+    if spreads > max {
+        return Err(DocumentRefusal::TooManySpreads { spreads, max });
+    }
+    let mut seen: Vec<Seen> = names.iter().map(|_| Seen::New).collect();
+    // (fragment, next spread to follow, expansion so far)
+    let mut stack: Vec<(usize, usize, usize)> = Vec::new();
+    for start in 0..bodies.len() {
+        if !matches!(seen[start], Seen::New) {
+            continue;
+        }
+        seen[start] = Seen::OnStack;
+        stack.push((start, 0, bodies[start].own));
+        while let Some(top) = stack.last_mut() {
+            let (fragment, next, total) = *top;
+            if let Some(name) = bodies[fragment].spreads.get(next) {
+                top.1 += 1;
+                // An unknown fragment is validation's to report; it expands to nothing.
+                let Some(&target) = index.get(name) else {
+                    continue;
+                };
+                match seen[target] {
+                    Seen::Done(n) => top.2 = total.saturating_add(n),
+                    Seen::OnStack => return Err(DocumentRefusal::FragmentCycle(name.to_string())),
+                    Seen::New => {
+                        seen[target] = Seen::OnStack;
+                        stack.push((target, 0, bodies[target].own));
+                    }
+                }
+            } else {
+                stack.pop();
+                if total > max {
+                    return Err(DocumentRefusal::TooComplex { max });
+                }
+                seen[fragment] = Seen::Done(total);
+                if let Some(parent) = stack.last_mut() {
+                    parent.2 = parent.2.saturating_add(total);
+                }
+            }
+        }
+    }
+    let mut largest = 0;
+    for op in &operations {
+        let total = op.spreads.iter().fold(op.own, |total, name| {
+            let n = match index.get(name).map(|&i| &seen[i]) {
+                Some(Seen::Done(n)) => *n,
+                _ => 0,
+            };
+            total.saturating_add(n)
+        });
+        if total > max {
+            return Err(DocumentRefusal::TooComplex { max });
+        }
+        largest = largest.max(total);
+    }
+    Ok(largest)
+}
+
 /// Aliased fields in the document's operations and fragment definitions (each fragment
 /// counted once; spreading it again costs complexity, not aliases).
 fn count_aliases(doc: &ExecutableDocument) -> usize {
-    use async_graphql::parser::types::{Selection, SelectionSet};
     fn walk(set: &SelectionSet) -> usize {
         set.items
             .iter()
@@ -423,6 +599,48 @@ fn operation_of(doc: &ExecutableDocument, name: Option<&str>) -> Option<Operatio
 
 #[async_graphql::async_trait::async_trait]
 impl Extension for GuardExtension {
+    /// Over HTTP, every response passes here: errors async-graphql made without a code
+    /// get one.
+    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        let mut response = next.run(ctx).await;
+        code_input_errors(&mut response.errors);
+        response
+    }
+
+    /// Over graphql-ws, every response (of any operation type) passes here.
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        next.run(ctx, stream)
+            .map(|mut response| {
+                code_input_errors(&mut response.errors);
+                response
+            })
+            .boxed()
+    }
+
+    /// Runs before async-graphql's own parse step, which also runs its recursion-depth
+    /// and directive checks: both walk every fragment spread, so the expansion must be
+    /// bounded first. The document is parsed once, here, and handed on parsed.
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        let (len, max) = (request.query.len(), self.max_query_bytes);
+        if len > max {
+            return Err(DocumentRefusal::TooLong { len, max }.into_server_error());
+        }
+        let doc = request.parsed_query().map_err(coded)?;
+        check_expansion(doc, self.access.limits.max_complexity)
+            .map_err(DocumentRefusal::into_server_error)?;
+        next.run(ctx, request).await
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -561,6 +779,110 @@ mod tests {
         let wait = b.take("a").expect_err("4th must wait");
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
         assert!(b.take("b").is_ok(), "buckets are per name");
+    }
+
+    /// `levels` fragments, each spreading the next twice: 2^levels leaves.
+    fn bomb(levels: usize) -> String {
+        let mut doc = String::from("query { languages { ...F0 } }");
+        for i in 0..levels {
+            doc.push_str(&format!(
+                " fragment F{i} on Language {{ ...F{n} ...F{n} }}",
+                n = i + 1
+            ));
+        }
+        doc.push_str(&format!(" fragment F{levels} on Language {{ id }}"));
+        doc
+    }
+
+    fn expansion(doc: &str, max: usize) -> Result<usize, DocumentRefusal> {
+        let doc = async_graphql::parser::parse_query(doc).expect("test documents parse");
+        check_expansion(&doc, max)
+    }
+
+    #[test]
+    fn expansion_counts_fields_inline_fragments_and_spreads() {
+        // languages, id, name, the inline fragment and its compiled.
+        assert_eq!(
+            expansion(
+                "{ languages { id name ... on Language { compiled } } }",
+                100
+            ),
+            Ok(5)
+        );
+        // languages + spread + F (id) twice over: 1 + 2 * (1 + 1).
+        assert_eq!(
+            expansion(
+                "{ languages { ...F ...F } } fragment F on Language { id }",
+                100
+            ),
+            Ok(5)
+        );
+        // A spread of an unknown fragment costs itself (validation reports it).
+        assert_eq!(expansion("{ languages { ...Nope } }", 100), Ok(2));
+        // The largest operation counts.
+        assert_eq!(
+            expansion(
+                "query A { languages { id } } query B { languages { id name } }",
+                100
+            ),
+            Ok(3)
+        );
+    }
+
+    #[test]
+    fn a_fragment_bomb_is_measured_without_expanding_it() {
+        // 3 levels: F3 = 1, F2 = 2 + 2, F1 = 2 + 2*4, F0 = 2 + 2*10; + languages + spread.
+        assert_eq!(expansion(&bomb(3), 1000), Ok(24));
+        // 60 levels would be 2^60 selections: refused at once, and it does not overflow.
+        let start = std::time::Instant::now();
+        assert_eq!(
+            expansion(&bomb(60), 1000),
+            Err(DocumentRefusal::TooComplex { max: 1000 })
+        );
+        assert!(
+            start.elapsed() < Duration::from_millis(50),
+            "{:?}",
+            start.elapsed()
+        );
+        // An unused bomb is refused too: validation would walk it.
+        let unused = bomb(40).replace(
+            "query { languages { ...F0 } }",
+            "query A { languages { id } } query U { languages { ...F40 } }",
+        );
+        assert_eq!(
+            expansion(&unused, 1000),
+            Err(DocumentRefusal::TooComplex { max: 1000 })
+        );
+    }
+
+    #[test]
+    fn fragment_cycles_and_spread_floods_are_refused() {
+        // Which fragment is named depends on where the walk starts.
+        let two = expansion(
+            "{ languages { ...A } } fragment A on Language { ...B } \
+             fragment B on Language { id ...A }",
+            1000,
+        );
+        assert!(
+            matches!(two, Err(DocumentRefusal::FragmentCycle(_))),
+            "{two:?}"
+        );
+        let cycle = expansion(
+            "{ languages { ...A } } fragment A on Language { id ...A }",
+            1000,
+        );
+        assert_eq!(cycle, Err(DocumentRefusal::FragmentCycle("A".into())));
+        let flood = format!(
+            "{{ languages {{ {} }} }} fragment F on Language {{ id }}",
+            "...F ".repeat(1001)
+        );
+        assert_eq!(
+            expansion(&flood, 1000),
+            Err(DocumentRefusal::TooManySpreads {
+                spreads: 1001,
+                max: 1000
+            })
+        );
     }
 
     #[test]

@@ -373,8 +373,14 @@ pub struct SubmitInput {
     pub stop_on_first_failure: bool,
 }
 
+/// The shared state. Missing state is our wiring bug, so it is coded INTERNAL: the
+/// Guard extension takes any error without a code for async-graphql refusing the
+/// client's input (limits.rs, `code_input_errors`), and ours must not look like that.
 fn state<'a>(ctx: &Context<'a>) -> Result<&'a Arc<ApiState>> {
-    ctx.data::<Arc<ApiState>>()
+    ctx.data::<Arc<ApiState>>().map_err(|e| {
+        tracing::error!(error = %e.message, "the schema was built without its state");
+        ApiError::Internal.extend()
+    })
 }
 
 /// The span for work on one submission: every log line inside it carries the id, as the
