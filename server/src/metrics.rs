@@ -293,6 +293,32 @@ impl Metrics {
         out
     }
 
+    /// This process's resident and virtual memory, from /proc/self/status (read at scrape
+    /// time, so a leak shows in the next scrape), under the names of the Prometheus
+    /// client libraries' process collector so standard dashboards find them. Nothing is
+    /// written where /proc is unavailable.
+    pub fn render_process(out: &mut String, status: &str) {
+        for (key, name, help) in [
+            (
+                "VmRSS:",
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+            ),
+            (
+                "VmSize:",
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+            ),
+        ] {
+            if let Some(bytes) = status_kib(status, key).map(|kib| kib.saturating_mul(1024)) {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {bytes}"
+                );
+            }
+        }
+    }
+
     /// The figures kept by the broker, the same on every server: finished submissions
     /// by verdict and the job latency histograms (queued → started, started → finished).
     pub fn render_shared(out: &mut String, stats: &QueueStats) {
@@ -319,6 +345,14 @@ impl Metrics {
     }
 }
 
+/// The value of a `Key:   1234 kB` line of /proc/<pid>/status, in KiB.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let mut words = line[key.len()..].split_whitespace();
+    let value = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(value)
+}
+
 fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (bound, n) in h.cumulative() {
@@ -334,4 +368,31 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
         h.sum_us as f64 / 1e6,
         h.count()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_memory_comes_from_proc_status_in_bytes() {
+        let status = "Name:\tverdict\nVmSize:\t  123456 kB\nVmRSS:\t    2048 kB\nThreads:\t4\n";
+        let mut out = String::new();
+        Metrics::render_process(&mut out, status);
+        assert!(
+            out.contains("\nprocess_resident_memory_bytes 2097152\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nprocess_virtual_memory_bytes 126418944\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE process_resident_memory_bytes gauge"),
+            "{out}"
+        );
+        let mut none = String::new();
+        Metrics::render_process(&mut none, "Name:\tkernel thread\n");
+        assert!(none.is_empty(), "{none}");
+    }
 }
