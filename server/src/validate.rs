@@ -15,6 +15,10 @@ pub struct InputPolicy {
     /// All expected outputs together.
     pub max_expected_bytes: usize,
     pub max_tests: usize,
+    /// Output one submission may make over all its tests (tests x outputBytes), bytes;
+    /// the broker keeps at most this much of a submission (record and events), so input
+    /// asking for more is refused here rather than silently cut later. 0 = no check.
+    pub max_retained_bytes_per_submission: u64,
 }
 
 /// The tolerance of compare mode FLOAT when the client gives none.
@@ -41,6 +45,7 @@ impl Default for InputPolicy {
             max_stdin_bytes: 8 * 1024 * 1024,
             max_expected_bytes: 64 * 1024 * 1024,
             max_tests: 100,
+            max_retained_bytes_per_submission: verdict_broker::DEFAULT_MAX_RETAINED_PER_SUBMISSION,
         }
     }
 }
@@ -182,7 +187,7 @@ impl InputPolicy {
             }
         };
         let (d, m, r) = (&self.default_limits, &self.max_limits, &raw.limits);
-        let limits = Limits {
+        let mut limits = Limits {
             cpu_time_ms: limit("cpuTimeMs", r.cpu_time_ms, d.cpu_time_ms, m.cpu_time_ms)?,
             wall_time_ms: limit("wallTimeMs", r.wall_time_ms, d.wall_time_ms, m.wall_time_ms)?,
             memory_kb: limit("memoryKb", r.memory_kb, d.memory_kb, m.memory_kb)?,
@@ -194,6 +199,25 @@ impl InputPolicy {
             )?,
             processes: limit("processes", r.processes, d.processes, m.processes)?,
         };
+        let cap = self.max_retained_bytes_per_submission;
+        let runs = tests.len() as u64;
+        let total = runs.saturating_mul(limits.output_bytes);
+        if cap > 0 && total > cap {
+            let most = (cap / runs.max(1)).max(1);
+            if r.output_bytes.is_some() {
+                return Err(ApiError::bad(
+                    "outputBytes",
+                    format!(
+                        "{runs} tests x limits.outputBytes {} = {total} bytes of output, over the \
+                         {cap} bytes this server keeps per submission; ask for at most {most} \
+                         outputBytes, or send fewer tests",
+                        limits.output_bytes
+                    ),
+                ));
+            }
+            // The client left the limit to us: the default shrinks to fit instead.
+            limits.output_bytes = most;
+        }
         Ok(Request {
             language: raw.language,
             source: raw.source,
@@ -203,5 +227,53 @@ impl InputPolicy {
             epsilon,
             stop_on_first_failure: raw.stop_on_first_failure,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(tests: usize, output_bytes: Option<i32>) -> RawSubmit {
+        RawSubmit {
+            language: "python3".into(),
+            source: "print(1)".into(),
+            stdin: None,
+            tests: Some(vec![
+                TestCase {
+                    stdin: String::new(),
+                    expected_output: None,
+                };
+                tests
+            ]),
+            limits: RequestedLimits {
+                output_bytes,
+                ..RequestedLimits::default()
+            },
+            compare: CompareMode::TrimTrailing,
+            epsilon: None,
+            stop_on_first_failure: false,
+        }
+    }
+
+    #[test]
+    fn output_over_the_retained_cap_is_refused_naming_the_field() {
+        let catalogue = Catalogue::load(None).expect("catalogue");
+        let policy = InputPolicy::default();
+        let err = policy
+            .check(&catalogue, raw(16, Some(32 * 1024 * 1024)))
+            .expect_err("16 x 32 MiB is over 64 MiB");
+        let text = format!("{err:?}");
+        assert!(
+            text.contains("outputBytes") && text.contains("4194304"),
+            "{text}"
+        );
+        let ok = policy
+            .check(&catalogue, raw(16, Some(4 * 1024 * 1024)))
+            .expect("16 x 4 MiB fits");
+        assert_eq!(ok.limits.output_bytes, 4 * 1024 * 1024);
+        // Left to the server, the default shrinks to fit: 100 x 1 MiB would not.
+        let fitted = policy.check(&catalogue, raw(100, None)).expect("default");
+        assert_eq!(fitted.limits.output_bytes, 64 * 1024 * 1024 / 100);
     }
 }
