@@ -12,7 +12,7 @@ use verdict_broker::{
 };
 use verdict_sandbox::{Outcome, RunDir, RunSpec, Sandbox, StreamKind};
 
-use crate::cache::{self, Artifact, CompileCache};
+use crate::cache::{self, Artifact, ArtifactFile, CompileCache};
 use crate::error::WorkerError;
 use crate::judge;
 use crate::Worker;
@@ -164,8 +164,26 @@ impl Worker {
         Ok(())
     }
 
+    /// Judges in a build directory that is removed afterwards on a blocking thread, on
+    /// every path: a program can leave a tree that takes a second to remove, which must
+    /// never run on the async runtime.
     async fn judge(
         &self,
+        job: &Job,
+        lang: &Language,
+        slot: u32,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<Submission, WorkerError> {
+        let sandbox = Arc::clone(&self.sandbox);
+        let build = Arc::new(tokio::task::spawn_blocking(move || sandbox.run_dir(slot)).await??);
+        let result = self.judge_in(&build, job, lang, slot, cancel).await;
+        remove_blocking(build).await;
+        result
+    }
+
+    async fn judge_in(
+        &self,
+        dir: &Arc<RunDir>,
         job: &Job,
         lang: &Language,
         slot: u32,
@@ -175,9 +193,15 @@ impl Worker {
         let request = &job.request;
         let mut submission = job.submission.clone();
         submission.started_at = Some(chrono::Utc::now());
-        let sandbox = Arc::clone(&self.sandbox);
-        let dir = Arc::new(tokio::task::spawn_blocking(move || sandbox.run_dir(slot)).await??);
         dir.write_file(&lang.source, request.source.as_bytes())?;
+        let source_file = ArtifactFile {
+            name: lang.source.clone(),
+            bytes: request.source.as_bytes().to_vec(),
+            executable: false,
+        };
+        // What every test's fresh run directory starts with; `None`: the compiler left
+        // something we cannot copy (a subdirectory, a symlink), so the tests share `dir`.
+        let mut program_files: Option<Vec<ArtifactFile>> = Some(vec![source_file.clone()]);
 
         let cache = self
             .config
@@ -205,17 +229,16 @@ impl Worker {
         if let Some(artifact) = cached {
             // A cache hit: no compiler runs; the event and the record say so.
             self.broker.publish(id, EventKind::CompileCached).await?;
-            for f in &artifact.files {
-                let mode = if f.executable { 0o700 } else { 0o600 };
-                dir.write_file_mode(&f.name, &f.bytes, mode)?;
-            }
             submission.compile_cached = true;
             submission.compile_output = artifact.compile_output;
+            let mut files = artifact.files;
+            files.push(source_file);
+            program_files = Some(files);
         } else if let Some(compile) = &lang.compile {
             self.broker.publish(id, EventKind::Compiling).await?;
             let limits = boosted(&self.config.compile_limits, &lang.compile_limits);
             let outcome = self
-                .sandboxed(&dir, compile, String::new(), limits, None, cancel)
+                .sandboxed(dir, compile, String::new(), limits, None, cancel)
                 .await?;
             let mut text = String::from_utf8_lossy(&outcome.stderr).into_owned();
             text.push_str(&String::from_utf8_lossy(&outcome.stdout));
@@ -253,27 +276,40 @@ impl Worker {
                 return Ok(submission);
             }
             submission.compile_output = (!text.is_empty()).then_some(text);
-            if let (Some(cache), Some(key)) = (cache, cache_key) {
-                let run_dir = dir.path().to_path_buf();
-                let source = lang.source.clone();
+            let run_dir = dir.path().to_path_buf();
+            let source = lang.source.clone();
+            let built = tokio::task::spawn_blocking(move || cache::collect(&run_dir, &source))
+                .await?
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read what the compiler left");
+                    None
+                });
+            program_files = built.as_ref().map(|b| {
+                let mut files = b.files.clone();
+                files.push(source_file.clone());
+                files
+            });
+            if program_files.is_none() {
+                tracing::warn!("compiler output not copyable; the tests share one run dir");
+            }
+            if let (Some(cache), Some(key), Some(files)) = (cache, cache_key, built) {
                 let compile_output = submission.compile_output.clone();
-                let stored =
-                    tokio::task::spawn_blocking(move || match cache::collect(&run_dir, &source)? {
-                        Some(files) => cache.put(
-                            &key,
-                            &Artifact {
-                                compile_output,
-                                ..files
-                            },
-                        ),
-                        None => Ok(()),
-                    })
-                    .await?;
+                let stored = tokio::task::spawn_blocking(move || {
+                    cache.put(
+                        &key,
+                        &Artifact {
+                            compile_output,
+                            ..files
+                        },
+                    )
+                })
+                .await?;
                 if let Err(e) = stored {
                     tracing::warn!(error = %e, "cannot store the compiled program in the cache");
                 }
             }
         }
+        let program_files = program_files.map(Arc::new);
 
         let plain = [TestCase {
             stdin: String::new(),
@@ -313,9 +349,14 @@ impl Worker {
                 index,
                 rx,
             ));
+            // Each test starts from a fresh directory: nothing one test wrote reaches the next.
+            let test_dir = match &program_files {
+                Some(files) => self.fresh_dir(slot, Arc::clone(files)).await?,
+                None => Arc::clone(dir),
+            };
             let outcome = self
                 .sandboxed(
-                    &dir,
+                    &test_dir,
                     &lang.run,
                     test.stdin.clone(),
                     limits,
@@ -323,6 +364,9 @@ impl Worker {
                     cancel,
                 )
                 .await;
+            if program_files.is_some() {
+                remove_blocking(test_dir).await;
+            }
             // The sender is gone once the sandbox returned: the forwarder drains and ends.
             let _ = forwarder.await;
             let outcome = outcome?;
@@ -363,6 +407,47 @@ impl Worker {
         }
         submission.finish(overall);
         Ok(submission)
+    }
+}
+
+impl Worker {
+    /// A new run directory of `slot` holding `files` (the compiled program and the source).
+    async fn fresh_dir(
+        &self,
+        slot: u32,
+        files: Arc<Vec<ArtifactFile>>,
+    ) -> Result<Arc<RunDir>, WorkerError> {
+        let sandbox = Arc::clone(&self.sandbox);
+        let dir = tokio::task::spawn_blocking(move || -> Result<RunDir, WorkerError> {
+            let dir = sandbox.run_dir(slot)?;
+            for f in files.iter() {
+                let mode = if f.executable { 0o700 } else { 0o600 };
+                dir.write_file_mode(&f.name, &f.bytes, mode)?;
+            }
+            Ok(dir)
+        })
+        .await??;
+        Ok(Arc::new(dir))
+    }
+}
+
+/// Removes a run directory on the blocking pool (never on the runtime: see
+/// [`RunDir::remove`]). Problems are logged: the run's result does not depend on them.
+async fn remove_blocking(dir: Arc<RunDir>) {
+    let removed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(dir) {
+        Ok(dir) => dir.remove().map(|_| ()),
+        // Still shared (cannot happen once every run on it returned): the last owner's
+        // drop removes it; dropping our handle here keeps even that off the runtime.
+        Err(shared) => {
+            drop(shared);
+            Ok(())
+        }
+    })
+    .await;
+    match removed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not remove a run dir"),
+        Err(e) => tracing::warn!(error = %e, "run dir removal task failed"),
     }
 }
 
