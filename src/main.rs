@@ -65,6 +65,18 @@ struct BrokerArgs {
     /// limit. Shared by all servers through Redis. Open APIs (no keys) are not counted.
     #[arg(long, env = "VERDICT_MAX_UNFINISHED_PER_KEY", default_value_t = 32)]
     max_unfinished_per_key: u64,
+    /// Bytes one submission may keep (record and events, all tests); submits asking for
+    /// more output (tests x outputBytes) are refused. 0 = no cap.
+    #[arg(
+        long,
+        env = "VERDICT_MAX_RETAINED_BYTES_PER_SUBMISSION",
+        default_value_t = verdict_broker::DEFAULT_MAX_RETAINED_PER_SUBMISSION
+    )]
+    max_retained_bytes_per_submission: u64,
+    /// Embedded broker: MiB all kept submissions may take before the oldest finished
+    /// ones are evicted early. 0 = no budget.
+    #[arg(long, env = "VERDICT_MAX_RETAINED_MB", default_value_t = 512)]
+    max_retained_mb: u64,
 }
 
 /// How a worker handles shutdown and crashes.
@@ -374,6 +386,10 @@ fn settings(args: &BrokerArgs) -> BrokerSettings {
         max_queue: args.max_queue,
         visibility_timeout: Duration::from_millis(args.visibility_timeout_ms.max(100)),
         max_unfinished_per_owner: args.max_unfinished_per_key,
+        max_retained_bytes_per_submission: args.max_retained_bytes_per_submission,
+        max_retained_bytes: args.max_retained_mb.saturating_mul(1024 * 1024),
+        // Worker liveness: the broker's default.
+        ..BrokerSettings::default()
     }
 }
 
@@ -474,8 +490,10 @@ async fn start_server(
     shutdown: CancellationToken,
     // (url, namespace): quotas are counted there, shared by all servers.
     redis: Option<(&str, &str)>,
+    retained_cap: u64,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, BoxError> {
-    let policy = limits.policy()?;
+    let mut policy = limits.policy()?;
+    policy.max_retained_bytes_per_submission = retained_cap;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -555,6 +573,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 args.redis_url
                     .as_deref()
                     .map(|url| (url, args.broker.redis_namespace.as_str())),
+                args.broker.max_retained_bytes_per_submission,
             )
             .await?;
             server.await??;
@@ -577,6 +596,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 &args.limits,
                 shutdown,
                 redis,
+                args.broker.max_retained_bytes_per_submission,
             )
             .await?
             .await??;
