@@ -279,9 +279,21 @@ impl SlotCgroup {
         read_u64(&self.memory.as_ref()?.failcnt)
     }
 
-    /// Anonymous memory (bytes) charged to the slot: what reclaim cannot free without swap.
-    pub(crate) fn anon_bytes(&self) -> Option<u64> {
-        stat_value(&self.memory.as_ref()?.stat, "rss")
+    /// What the thrash watch needs from `memory.stat`, read once.
+    pub(crate) fn pressure(&self) -> Option<Pressure> {
+        let m = self.memory.as_ref()?;
+        let mut buf = [0u8; 4096];
+        let n = m.stat.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Some(Pressure {
+            anon: value("rss")?.saturating_add(value("swap").unwrap_or(0)),
+            major_faults: value("pgmajfault")?,
+        })
     }
 
     /// The memory limit set for the current run.
@@ -309,6 +321,19 @@ impl SlotCgroup {
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
     }
+}
+
+/// A sample of the slot's v1 `memory.stat` for the thrash watch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pressure {
+    /// Anonymous memory (bytes) of the run, resident (`rss`) or swapped out (`swap`):
+    /// what reclaim cannot free, or can only trade for swap-ins.
+    pub(crate) anon: u64,
+    /// Page faults that had to wait for I/O (`pgmajfault`, a counter): the run touching its
+    /// own mapped pages (executable text, mmapped files, swapped anon) after reclaim took
+    /// them. Reading files with read(2) never counts here, however often the cache is
+    /// evicted and refilled.
+    pub(crate) major_faults: u64,
 }
 
 /// One `name value` line of a v1 `memory.stat`.
