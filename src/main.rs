@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use verdict_broker::{
     BrokerSettings, Catalogue, MemoryBroker, RedisBroker, RedisSettings, SharedBroker,
@@ -264,6 +265,10 @@ struct ApiArgs {
     /// Aliased fields per query document; 0 = unlimited.
     #[arg(long, env = "VERDICT_MAX_QUERY_ALIASES", default_value_t = 30)]
     max_query_aliases: usize,
+    /// Longest GraphQL document (the `query` text), bytes (default: the source cap plus
+    /// 1 MiB; large inputs belong in variables).
+    #[arg(long, env = "VERDICT_MAX_QUERY_BYTES")]
+    max_query_bytes: Option<usize>,
     /// Refuse schema introspection (`__schema`, `__type`).
     #[arg(long, env = "VERDICT_NO_INTROSPECTION")]
     no_introspection: bool,
@@ -299,9 +304,11 @@ impl ApiArgs {
         redis: Option<(&str, &str)>,
     ) -> Result<verdict_server::ApiLimits, BoxError> {
         let shared = match redis {
-            Some((url, namespace)) => {
-                Some(verdict_broker::RedisQuota::connect(url, namespace).await?)
-            }
+            Some((url, namespace)) => Some(
+                verdict_broker::RedisQuota::connect(url, namespace)
+                    .await
+                    .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact(url)))?,
+            ),
             None => None,
         };
         Ok(verdict_server::ApiLimits {
@@ -316,9 +323,110 @@ impl ApiArgs {
             max_depth: self.max_query_depth,
             max_complexity: self.max_query_complexity,
             max_aliases: self.max_query_aliases,
+            max_query_bytes: self.max_query_bytes,
             introspection: !self.no_introspection,
             ..verdict_server::ApiLimits::default()
         })
+    }
+}
+
+/// Where the Redis URL comes from. A password in it must not be on the command line:
+/// /proc/PID/cmdline is readable by every local user (and was by sandboxed programs),
+/// while the environment (/proc/PID/environ) and a 0600 file are the owner's only.
+#[derive(Args, Clone)]
+struct RedisArgs {
+    /// Redis URL, e.g. redis://127.0.0.1:6379. With a password, set VERDICT_REDIS_URL or
+    /// use --redis-url-file instead: a command line is visible to every local user.
+    #[arg(long, env = "VERDICT_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// File holding the Redis URL (surrounding whitespace ignored), e.g. a mounted secret.
+    #[arg(long, env = "VERDICT_REDIS_URL_FILE", conflicts_with = "redis_url")]
+    redis_url_file: Option<PathBuf>,
+}
+
+impl RedisArgs {
+    /// The URL from the flag, the environment or the file; None when none is given.
+    async fn url(&self) -> Result<Option<String>, BoxError> {
+        if let Some(path) = &self.redis_url_file {
+            let text = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| format!("cannot read --redis-url-file {}: {e}", path.display()))?;
+            let url = text.trim();
+            if url.is_empty() {
+                return Err(format!("--redis-url-file {} is empty", path.display()).into());
+            }
+            return Ok(Some(url.to_owned()));
+        }
+        Ok(self.redis_url.clone())
+    }
+
+    /// The URL, for the subcommands that cannot run without Redis.
+    async fn required(&self) -> Result<String, BoxError> {
+        self.url().await?.ok_or_else(|| {
+            "a Redis URL is required: set VERDICT_REDIS_URL, or pass --redis-url-file or --redis-url"
+                .into()
+        })
+    }
+}
+
+/// `url` with its password (and any `...password=` query parameter) replaced by `***`,
+/// for log lines and error messages.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL we understand: show nothing of it rather than a secret.
+        return "<redacted>".into();
+    };
+    // The last `@` ends the user info even when a password holds an unescaped `/`, `?`
+    // or `@`: better to hide too much than to print part of a password.
+    let (userinfo, after) = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => (Some(userinfo), after),
+        None => (None, rest),
+    };
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (host, tail) = after.split_at(end);
+    let authority = match userinfo {
+        Some(userinfo) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => host.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// True when `url` carries a secret that [`redact`] hides.
+fn has_secret(url: &str) -> bool {
+    redact(url) != url
+}
+
+/// Warns when a Redis URL with a password was given as `--redis-url` on the command line
+/// (rather than from the environment or a file), where any local user can read it.
+fn warn_on_secret_in_argv(matches: &ArgMatches) {
+    let matches = matches.subcommand().map_or(matches, |(_, sub)| sub);
+    let Ok(Some(url)) = matches.try_get_one::<String>("redis_url") else {
+        return;
+    };
+    if matches.value_source("redis_url") == Some(ValueSource::CommandLine) && has_secret(url) {
+        tracing::warn!(
+            url = %redact(url),
+            "the Redis password is on the command line, readable by every local user in \
+             /proc/PID/cmdline: set VERDICT_REDIS_URL or use --redis-url-file instead"
+        );
     }
 }
 
@@ -329,8 +437,8 @@ struct StandaloneArgs {
     #[command(flatten)]
     api: ApiArgs,
     /// Use Redis instead of the embedded broker.
-    #[arg(long, env = "VERDICT_REDIS_URL")]
-    redis_url: Option<String>,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// Jobs run at once (default: number of cores).
     #[arg(long, env = "VERDICT_CONCURRENCY")]
     concurrency: Option<usize>,
@@ -352,8 +460,8 @@ struct ServerArgs {
     listen: SocketAddr,
     #[command(flatten)]
     api: ApiArgs,
-    #[arg(long, env = "VERDICT_REDIS_URL")]
-    redis_url: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     #[command(flatten)]
     limits: LimitsArgs,
     #[command(flatten)]
@@ -364,8 +472,8 @@ struct ServerArgs {
 
 #[derive(Args, Clone)]
 struct WorkerArgs {
-    #[arg(long, env = "VERDICT_REDIS_URL")]
-    redis_url: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     #[arg(long, env = "VERDICT_CONCURRENCY")]
     concurrency: Option<usize>,
     #[command(flatten)]
@@ -401,7 +509,7 @@ async fn broker(url: Option<&str>, args: &BrokerArgs) -> Result<SharedBroker, Bo
             broker: settings(args),
         })
         .await
-        .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?,
+        .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact(url)))?,
         None => MemoryBroker::new(settings(args)),
     })
 }
@@ -457,7 +565,15 @@ async fn start_worker(
         favor_dynmods: !tuning.no_favordynmods,
         ..SandboxConfig::default()
     };
-    let sandbox = tokio::task::spawn_blocking(|| Sandbox::new(sandbox_config)).await??;
+    // Start-up sweep: run dirs a crashed worker left behind (blocking: they can be huge).
+    let sandbox = tokio::task::spawn_blocking(|| {
+        let sandbox = Sandbox::new(sandbox_config)?;
+        if let Err(e) = sandbox.sweep_stale_run_dirs() {
+            tracing::warn!(error = %e, "could not sweep stale run dirs");
+        }
+        Ok::<_, verdict_sandbox::SandboxError>(sandbox)
+    })
+    .await??;
     for layer in sandbox.report() {
         tracing::info!(layer = layer.name, active = layer.active, detail = %layer.detail, "sandbox layer");
     }
@@ -481,19 +597,27 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "host".into())
 }
 
+/// The submission limits, with the broker's retention cap (the server refuses what the
+/// broker could not keep).
+fn input_policy(
+    limits: &LimitsArgs,
+    broker: &BrokerArgs,
+) -> Result<verdict_server::InputPolicy, BoxError> {
+    let mut policy = limits.policy()?;
+    policy.max_retained_bytes_per_submission = broker.max_retained_bytes_per_submission;
+    Ok(policy)
+}
+
 async fn start_server(
     broker: SharedBroker,
     catalogue: Arc<Catalogue>,
     listen: SocketAddr,
     api: &ApiArgs,
-    limits: &LimitsArgs,
+    policy: verdict_server::InputPolicy,
     shutdown: CancellationToken,
     // (url, namespace): quotas are counted there, shared by all servers.
     redis: Option<(&str, &str)>,
-    retained_cap: u64,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, BoxError> {
-    let mut policy = limits.policy()?;
-    policy.max_retained_bytes_per_submission = retained_cap;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -551,7 +675,8 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Command::Standalone(args) => {
             let shutdown = shutdown_on_signal();
-            let broker = broker(args.redis_url.as_deref(), &args.broker).await?;
+            let redis_url = args.redis.url().await?;
+            let broker = broker(redis_url.as_deref(), &args.broker).await?;
             let catalogue = catalogue(&args.catalogue).await?;
             let worker = start_worker(
                 Arc::clone(&broker),
@@ -568,12 +693,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 catalogue,
                 args.listen,
                 &args.api,
-                &args.limits,
+                input_policy(&args.limits, &args.broker)?,
                 shutdown.clone(),
-                args.redis_url
+                redis_url
                     .as_deref()
                     .map(|url| (url, args.broker.redis_namespace.as_str())),
-                args.broker.max_retained_bytes_per_submission,
             )
             .await?;
             server.await??;
@@ -582,28 +706,26 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Command::Server(args) => {
             let shutdown = shutdown_on_signal();
-            let broker = broker(Some(&args.redis_url), &args.broker).await?;
+            let redis_url = args.redis.required().await?;
+            let broker = broker(Some(&redis_url), &args.broker).await?;
             let catalogue = catalogue(&args.catalogue).await?;
-            let redis = Some((
-                args.redis_url.as_str(),
-                args.broker.redis_namespace.as_str(),
-            ));
+            let redis = Some((redis_url.as_str(), args.broker.redis_namespace.as_str()));
             start_server(
                 broker,
                 catalogue,
                 args.listen,
                 &args.api,
-                &args.limits,
+                input_policy(&args.limits, &args.broker)?,
                 shutdown,
                 redis,
-                args.broker.max_retained_bytes_per_submission,
             )
             .await?
             .await??;
         }
         Command::Worker(args) => {
             let shutdown = shutdown_on_signal();
-            let broker = broker(Some(&args.redis_url), &args.broker).await?;
+            let redis_url = args.redis.required().await?;
+            let broker = broker(Some(&redis_url), &args.broker).await?;
             let catalogue = catalogue(&args.catalogue).await?;
             start_worker(
                 broker,
@@ -638,11 +760,48 @@ async fn main() -> std::process::ExitCode {
     } else {
         logs.init();
     }
-    match run(Cli::parse()).await {
+    let matches = Cli::command().get_matches();
+    warn_on_secret_in_argv(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("verdict: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_and_only_them() {
+        let cases = [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "redis://:s3cret@127.0.0.1:6379/0",
+                "redis://:***@127.0.0.1:6379/0",
+            ),
+            ("rediss://app:s3cret@h:6380", "rediss://app:***@h:6380"),
+            ("redis://app@h", "redis://app@h"),
+            ("redis://:pa/ss@w?rd@h:1", "redis://:***@h:1"),
+            (
+                "redis-sentinel://h:26379?sentinelPassword=s3cret&node=x",
+                "redis-sentinel://h:26379?sentinelPassword=***&node=x",
+            ),
+            ("s3cret", "<redacted>"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact(url), shown, "{url}");
+            assert!(!redact(url).contains("s3cret"), "{url}");
+            assert_eq!(has_secret(url), url != shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn the_cli_still_parses() {
+        Cli::command().debug_assert();
     }
 }

@@ -140,6 +140,10 @@ fn verdict(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         "RUST_LOG",
         std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
     );
+    // Only what the test passes: a Redis URL exported in the developer's shell must not
+    // turn an embedded-broker test into a Redis one.
+    cmd.env_remove("VERDICT_REDIS_URL")
+        .env_remove("VERDICT_REDIS_URL_FILE");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -154,27 +158,31 @@ fn wait_healthy(port: u16) {
 }
 
 /// `verdict standalone` on a free port (embedded broker, or Redis when given).
+///
+/// The Redis URL goes in the environment (VERDICT_REDIS_URL), never on the command line,
+/// which every local user can read: as a deployment should pass it.
 pub fn standalone(bin: &Path, redis: Option<(&str, &str)>) -> Server {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["standalone", "--listen", &listen];
-    if let Some((url, _)) = redis {
-        args.extend(["--redis-url", url]);
-    }
+    let args = ["standalone", "--listen", &listen];
     let ns = redis.map(|(_, ns)| ns).unwrap_or("verdict");
-    let proc = verdict(bin, &args, &[("VERDICT_REDIS_NAMESPACE", ns)]);
+    let mut envs = vec![("VERDICT_REDIS_NAMESPACE", ns)];
+    if let Some((url, _)) = redis {
+        envs.push(("VERDICT_REDIS_URL", url));
+    }
+    let proc = verdict(bin, &args, &envs);
     wait_healthy(port);
     Server { proc, port }
 }
 
-/// `verdict server` on a free port, on Redis namespace `ns`.
+/// `verdict server` on a free port, on Redis namespace `ns` (URL in the environment).
 pub fn server(bin: &Path, url: &str, ns: &str) -> Server {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let proc = verdict(
         bin,
-        &["server", "--listen", &listen, "--redis-url", url],
-        &[("VERDICT_REDIS_NAMESPACE", ns)],
+        &["server", "--listen", &listen],
+        &[("VERDICT_REDIS_NAMESPACE", ns), ("VERDICT_REDIS_URL", url)],
     );
     wait_healthy(port);
     Server { proc, port }
@@ -185,7 +193,8 @@ pub fn worker(bin: &Path, url: &str, ns: &str, concurrency: usize) -> Proc {
     worker_with_env(bin, url, ns, concurrency, &[])
 }
 
-/// `verdict worker` with extra environment (visibility timeout, test fault switch, ...).
+/// `verdict worker` with extra environment (visibility timeout, test fault switch, ...);
+/// the Redis URL is passed in the environment too.
 pub fn worker_with_env(
     bin: &Path,
     url: &str,
@@ -194,13 +203,9 @@ pub fn worker_with_env(
     env: &[(&str, &str)],
 ) -> Proc {
     let n = concurrency.to_string();
-    let mut envs = vec![("VERDICT_REDIS_NAMESPACE", ns)];
+    let mut envs = vec![("VERDICT_REDIS_NAMESPACE", ns), ("VERDICT_REDIS_URL", url)];
     envs.extend_from_slice(env);
-    verdict(
-        bin,
-        &["worker", "--redis-url", url, "--concurrency", &n],
-        &envs,
-    )
+    verdict(bin, &["worker", "--concurrency", &n], &envs)
 }
 
 /// POSTs a GraphQL operation; returns the whole response body.
