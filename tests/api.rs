@@ -1018,3 +1018,241 @@ async fn json_logs_carry_the_submission_id_on_server_and_worker_lines() {
     assert!(cancelled_line, "{text}");
     let _ = std::fs::remove_file(&log);
 }
+
+/// The first error of an HTTP response body or of a graphql-ws `error` / `next` frame.
+fn first_error(body: &Value) -> &Value {
+    match body["type"].as_str() {
+        Some("error") => &body["payload"][0],
+        Some(_) => &body["payload"]["errors"][0],
+        None => &body["errors"][0],
+    }
+}
+
+#[tokio::test]
+async fn every_input_error_carries_bad_user_input_over_http_and_graphql_ws() {
+    let server = standalone(&[]);
+    let submit_with = |extra: &str| {
+        format!(
+            "mutation {{ submit(input: {{ language: \"python3\", source: \"print(1)\" {extra} }}) {{ id }} }}"
+        )
+    };
+    let over_int = submit_with(", limits: { cpuTimeMs: 3000000000 }");
+    let wrong_enum = submit_with(", compare: NOPE");
+    let limits_var = "mutation($l: LimitsInput) { submit(input: { language: \"python3\", source: \"print(1)\", limits: $l }) { id } }";
+    let int_var = "mutation($c: Int) { submit(input: { language: \"python3\", source: \"print(1)\", limits: { cpuTimeMs: $c } }) { id } }";
+    let enum_var = "mutation($c: CompareMode) { submit(input: { language: \"python3\", source: \"print(1)\", compare: $c }) { id } }";
+    let cases: Vec<(&str, String, Value, Option<&str>)> = vec![
+        ("Int over 2^31, literal", over_int, json!({}), None),
+        (
+            "Int over 2^31 in an object variable",
+            limits_var.into(),
+            json!({ "l": { "cpuTimeMs": 3_000_000_000u64 } }),
+            None,
+        ),
+        (
+            "Int over 2^31, variable",
+            int_var.into(),
+            json!({ "c": 3_000_000_000u64 }),
+            None,
+        ),
+        (
+            "Int below -2^31, variable",
+            int_var.into(),
+            json!({ "c": -3_000_000_000i64 }),
+            None,
+        ),
+        ("wrong enum value, literal", wrong_enum, json!({}), None),
+        (
+            "wrong enum value, variable",
+            enum_var.into(),
+            json!({ "c": "NOPE" }),
+            None,
+        ),
+        (
+            "missing required argument",
+            "mutation { submit { id } }".into(),
+            json!({}),
+            None,
+        ),
+        (
+            "missing required variable",
+            "query($id: ID!) { submission(id: $id) { id } }".into(),
+            json!({}),
+            None,
+        ),
+        (
+            "undefined variable",
+            "query { submission(id: $nope) { id } }".into(),
+            json!({}),
+            None,
+        ),
+        (
+            "two operations, no name",
+            "query A { languages { id } } query B { languages { id } }".into(),
+            json!({}),
+            None,
+        ),
+        (
+            "unknown operation name",
+            "query A { languages { id } }".into(),
+            json!({}),
+            Some("X"),
+        ),
+        ("syntax error", "{ languages { id ".into(), json!({}), None),
+    ];
+    let mut ws = Raw::init(&server, json!({})).await;
+    for (i, (what, query, variables, operation)) in cases.iter().enumerate() {
+        let mut body = json!({ "query": query, "variables": variables });
+        if let Some(name) = operation {
+            body["operationName"] = json!(name);
+        }
+        let (_, _, http) = post(&server, None, body.clone()).await;
+        assert_eq!(
+            first_error(&http)["extensions"]["code"],
+            "BAD_USER_INPUT",
+            "HTTP, {what}: {http}"
+        );
+        let id = format!("op{i}");
+        ws.send(json!({ "id": id, "type": "subscribe", "payload": body }))
+            .await;
+        let frame = ws.frame().await;
+        assert_eq!(frame["id"], id.as_str(), "{frame}");
+        assert_eq!(
+            first_error(&frame)["extensions"]["code"],
+            "BAD_USER_INPUT",
+            "graphql-ws, {what}: {frame}"
+        );
+        if frame["type"] == "next" {
+            let done = ws.frame().await;
+            assert_eq!(done["type"], "complete", "{done}");
+        }
+    }
+    // The refusals did not stop valid requests.
+    let (_, _, ok) = post(
+        &server,
+        None,
+        json!({ "query": int_var, "variables": { "c": 1000 } }),
+    )
+    .await;
+    assert!(ok["data"]["submit"]["id"].is_string(), "{ok}");
+}
+
+#[tokio::test]
+async fn metrics_report_the_process_memory() {
+    let server = standalone(&[]);
+    let metrics = scrape(&server.metrics().await);
+    let rss = metrics["process_resident_memory_bytes"];
+    let vsz = metrics["process_virtual_memory_bytes"];
+    assert!(rss > 1024.0 * 1024.0, "resident {rss}");
+    assert!(vsz >= rss, "virtual {vsz} < resident {rss}");
+    // Read at scrape time: the figure is the process's own, as the kernel reports it.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.proc.pid())).unwrap();
+    let kib = |key: &str| -> f64 {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let now = kib("VmRSS:") * 1024.0;
+    assert!(
+        (rss - now).abs() < 0.5 * now,
+        "scraped {rss}, /proc says {now}"
+    );
+}
+
+/// Waits until `server` has `id` FINISHED; returns the record.
+async fn finished(server: &Server, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let q = json!({ "query": "query($id: ID!) { submission(id: $id) { status verdict } }", "variables": { "id": id } });
+        let (_, _, body) = post(server, None, q).await;
+        if body["data"]["submission"]["status"] == "FINISHED" {
+            return body["data"]["submission"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never finished: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn cmdline(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+        .replace('\0', " ")
+}
+
+#[tokio::test]
+async fn the_redis_password_stays_off_command_lines_and_out_of_logs() {
+    let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let (_redis, plain) = verdict_testkit::start_redis(&["--requirepass", &password]);
+    let url = plain.replacen("redis://", &format!("redis://:{password}@"), 1);
+    let ns = verdict_testkit::namespace();
+    let dir = std::env::temp_dir().join(format!("verdict-secret-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // The server gets the URL from the environment (testkit's way), the worker from a
+    // file; a submission running end to end shows both authenticated.
+    let server = verdict_testkit::server(bin(), &url, &ns);
+    let url_file = dir.join("redis-url");
+    std::fs::write(&url_file, format!("{url}\n")).unwrap();
+    let worker_log = dir.join("worker.log");
+    let worker = Proc(
+        Command::new(bin())
+            .args(["worker", "--concurrency", "1", "--redis-url-file"])
+            .arg(&url_file)
+            .env_remove("VERDICT_REDIS_URL")
+            .env("VERDICT_REDIS_NAMESPACE", &ns)
+            .env("RUST_LOG", "debug")
+            .stderr(std::fs::File::create(&worker_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let body = submit_as(&server, None, "print(1)").await;
+    let id = body["data"]["submit"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(finished(&server, &id).await["verdict"], "ACCEPTED");
+    for pid in [server.proc.pid(), worker.pid()] {
+        let line = cmdline(pid);
+        assert!(line.contains("verdict"), "{line}");
+        assert!(!line.contains(&password), "password in {line}");
+    }
+    drop(worker);
+    let log = std::fs::read_to_string(&worker_log).unwrap();
+    assert!(!log.is_empty(), "the worker logged nothing at debug");
+    assert!(
+        !log.contains(&password),
+        "password in the worker's log: {log}"
+    );
+
+    // Still accepted on the command line (the fixed contract), with a warning that
+    // shows the URL redacted.
+    let argv_log = dir.join("argv.log");
+    let argv = spawn_logging(
+        &["server", "--redis-url", &url],
+        &[],
+        &[("VERDICT_REDIS_NAMESPACE", &ns), ("RUST_LOG", "warn")],
+        std::fs::File::create(&argv_log).unwrap().into(),
+    );
+    let body = submit_as(&argv, None, "print(2)").await;
+    assert_eq!(body["data"]["submit"]["status"], "QUEUED", "{body}");
+    drop(argv);
+    let log = std::fs::read_to_string(&argv_log).unwrap();
+    assert!(log.contains("command line"), "no warning: {log}");
+    assert!(log.contains(":***@127.0.0.1"), "{log}");
+    assert!(!log.contains(&password), "password in the log: {log}");
+
+    // A refused connection names the URL without its password.
+    let wrong = url.replace(&password, "wrong-password-123");
+    let out = Command::new(bin())
+        .args(["worker"])
+        .env("VERDICT_REDIS_URL", &wrong)
+        .env("VERDICT_REDIS_NAMESPACE", &ns)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to Redis at redis://:***@"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-password-123"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
