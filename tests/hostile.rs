@@ -272,3 +272,86 @@ int main(void) {
     assert_eq!(stdout(&s), "-1 -1 -1\n", "{s}");
     still_healthy(&server).await;
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Output a submission may leave behind is capped (default 64 MiB per submission, record
+/// and events together): 16 tests x 32 MiB is refused at submit naming the field, and 16
+/// tests x 4 MiB of output, all of it produced, keeps at most the cap.
+#[tokio::test]
+async fn retained_output_is_capped_per_submission() {
+    let server = standalone(bin(), None);
+    let tests: Vec<Value> = (0..16).map(|_| json!({ "stdin": "" })).collect();
+    let source = "import sys\nsys.stdout.write('x' * (4 << 20))";
+    let refused = graphql(
+        &server.http(),
+        "mutation($i: SubmitInput!) { submit(input: $i) { id } }",
+        json!({ "i": { "language": "python3", "source": source, "tests": tests,
+                       "limits": { "outputBytes": 32 << 20 } } }),
+    )
+    .await;
+    let error = &refused["errors"][0];
+    assert_eq!(error["extensions"]["code"], "BAD_USER_INPUT", "{refused}");
+    assert_eq!(error["extensions"]["field"], "outputBytes", "{refused}");
+    assert!(error["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("outputBytes"));
+
+    let before = rss_kib(server.proc.pid());
+    let id = submit(
+        &server.http(),
+        json!({ "language": "python3", "source": source, "tests": tests,
+                "limits": { "outputBytes": 4 << 20 } }),
+    )
+    .await;
+    let mut ws = WsClient::connect(&server.ws("/graphql")).await;
+    let events = ws.events(&id, None).await;
+    let last = events.last().unwrap();
+    assert_eq!(
+        last["__typename"], "FinishedEvent",
+        "{}",
+        last["__typename"]
+    );
+    let live: usize = events
+        .iter()
+        .filter_map(|e| e["chunk"].as_str())
+        .map(str::len)
+        .sum();
+    let body = graphql(
+        &server.http(),
+        "query($id: ID!) { submission(id: $id) { verdict tests { stdout truncated } } }",
+        json!({ "id": id }),
+    )
+    .await;
+    let record = &body["data"]["submission"];
+    let kept: usize = record["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["stdout"].as_str().unwrap_or_default().len())
+        .sum();
+    let after = rss_kib(server.proc.pid());
+    println!(
+        "16 x 4 MiB output: live output kept {live} bytes, record {kept} bytes, RSS {before} -> {after} KiB"
+    );
+    assert!(live <= 32 << 20, "live output kept: {live}");
+    assert!(
+        kept + live <= 64 << 20,
+        "record {kept} + live {live} over the 64 MiB cap"
+    );
+    assert!(kept >= 8 << 20, "the record keeps a fair share: {kept}");
+    assert!(record["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["truncated"] == true));
+    still_healthy(&server).await;
+}

@@ -562,3 +562,58 @@ async fn a_subscriber_that_never_reads_neither_grows_the_server_nor_slows_others
     assert!(other_took < Duration::from_secs(5));
     drop(stalled);
 }
+
+/// The only worker is SIGKILLed mid-job; a worker started again takes the job back as soon
+/// as the dead one's heartbeat lapses (3 s), not after the visibility timeout (30 s here),
+/// and the job finishes once.
+#[tokio::test]
+async fn a_restarted_worker_takes_back_the_dead_workers_job_promptly() {
+    let (url, ns) = (redis_url(), namespace());
+    let server = server(bin(), &url, &ns);
+    let slow_reclaim = ("VERDICT_VISIBILITY_TIMEOUT_MS", "30000");
+    let first = worker_with(&url, &ns, 1, &[slow_reclaim]);
+    let source = "import time\ntime.sleep(2)\nprint('done')";
+    let id = submit(
+        &server.http(),
+        json!({ "language": "python3", "source": source }),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = graphql(
+            &server.http(),
+            "query($id: ID!) { submission(id: $id) { status } }",
+            json!({ "id": id }),
+        )
+        .await;
+        if body["data"]["submission"]["status"] == "RUNNING" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ran: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sigkill(first.pid());
+    let killed = Instant::now();
+    let _second = worker_with(&url, &ns, 1, &[slow_reclaim]);
+    let mut ws = WsClient::connect(&server.ws("/graphql")).await;
+    let events = tokio::time::timeout(Duration::from_secs(40), ws.events(&id, None))
+        .await
+        .expect("the job finished");
+    let took = killed.elapsed();
+    let last = events.last().unwrap();
+    assert_eq!(last["__typename"], "FinishedEvent");
+    assert_eq!(last["submission"]["verdict"], "ACCEPTED", "{last}");
+    assert_eq!(last["submission"]["tests"][0]["stdout"], "done\n");
+    let finals = events
+        .iter()
+        .filter(|e| e["__typename"] == "FinishedEvent")
+        .count();
+    assert_eq!(finals, 1);
+    println!("kill -> FinishedEvent of the re-run: {took:?} (the job itself sleeps 2 s)");
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?}: waited for the visibility timeout instead of the heartbeat"
+    );
+    assert_eq!(pending(&redis(&url).await, &ns).await, 0);
+}
