@@ -355,3 +355,82 @@ async fn retained_output_is_capped_per_submission() {
         .any(|t| t["truncated"] == true));
     still_healthy(&server).await;
 }
+
+/// Polls `GET /healthz` every 10 ms on its own thread (its own runtime and connection, so
+/// the test's own work cannot delay it) until `stop`; returns the slowest answer and the
+/// number of polls.
+fn poll_healthz(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Duration, usize)> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = reqwest::Client::new();
+            let url = format!("http://127.0.0.1:{port}/healthz");
+            let (mut worst, mut polls) = (Duration::ZERO, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = client.get(&url).send().await.unwrap();
+                assert!(r.status().is_success());
+                let _ = r.text().await.unwrap();
+                worst = worst.max(t.elapsed());
+                polls += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (worst, polls)
+        })
+    })
+}
+
+/// Removing a run dir with 130k files takes ~2 s of blocking work; two of them ending
+/// together must not stall the API (it did, 1.6-3.4 s, while removal ran on the runtime).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_stays_fast_while_big_run_dirs_are_removed() {
+    let server = standalone(bin(), None);
+    let c = r#"#include <stdio.h>
+#include <fcntl.h>
+#include <unistd.h>
+int main(void){ char p[64]; int made = 0;
+  for (int i = 0; i < 130000; i++) {
+    snprintf(p, sizeof p, "f%d", i);
+    int fd = open(p, O_WRONLY|O_CREAT|O_EXCL, 0600);
+    if (fd < 0) break;
+    close(fd); made++;
+  }
+  printf("%d\n", made); return 0; }"#;
+    let limits = json!({ "wallTimeMs": 30000, "cpuTimeMs": 15000 });
+    // Warm the C toolchain's page cache, so both submissions compile and run in step.
+    let warm = run(&server, "c", "int main(void){return 0;}", json!({})).await;
+    assert_eq!(warm["verdict"], "ACCEPTED", "{warm}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = poll_healthz(server.port, stop.clone());
+    let t = Instant::now();
+    let second = format!("{c}\n/* second */");
+    let (a, b) = tokio::join!(
+        run(&server, "c", c, limits.clone()),
+        run(&server, "c", &second, limits.clone()),
+    );
+    let ran = t.elapsed();
+    // The run dirs are removed after the results are published: keep polling meanwhile.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (worst, polls) = poller.join().unwrap();
+    println!(
+        "2 x {} + {} files: runs took {ran:?}; /healthz worst {worst:?} over {polls} polls",
+        stdout(&a).trim(),
+        stdout(&b).trim()
+    );
+    for s in [&a, &b] {
+        assert_eq!(s["verdict"], "ACCEPTED", "{s}");
+    }
+    assert!(
+        stdout(&a).trim().parse::<u32>().unwrap_or(0) >= 100_000,
+        "the program could not create its files: {a}"
+    );
+    assert!(worst < Duration::from_millis(100), "/healthz took {worst:?}");
+    still_healthy(&server).await;
+}
