@@ -431,6 +431,9 @@ int main(void){ char p[64]; int made = 0;
         stdout(&a).trim().parse::<u32>().unwrap_or(0) >= 100_000,
         "the program could not create its files: {a}"
     );
-    assert!(worst < Duration::from_millis(100), "/healthz took {worst:?}");
+    assert!(
+        worst < Duration::from_millis(100),
+        "/healthz took {worst:?}"
+    );
     still_healthy(&server).await;
 }
