@@ -186,6 +186,12 @@ int main() {
 
 #[test]
 fn signals_and_ptrace_on_the_worker_fail() {
+    // kill(-1) returns 0 whenever the caller may signal anything at all (its own group),
+    // so its return value proves nothing: a host process must still be alive afterwards.
+    let mut canary = std::process::Command::new("/bin/sleep")
+        .arg("30")
+        .spawn()
+        .expect("canary");
     let o = c(
         "killparent",
         r#"
@@ -206,6 +212,12 @@ int main() {
     );
     // kill(-1) never hits the caller; it survives and reports.
     assert_eq!(o.exit_code, Some(0), "{o:?} {}", stdout(&o));
+    assert!(
+        canary.try_wait().expect("canary status").is_none(),
+        "kill(-1) inside the sandbox killed a host process"
+    );
+    let _ = canary.kill();
+    let _ = canary.wait();
 }
 
 #[test]
@@ -1169,7 +1181,7 @@ fn page_cache_rereads_are_not_memory_limit_exceeded() {
         close(fd);
     }
     long sum = 0;
-    for (int round = 0; round < 40; round++)
+    for (int round = 0; round < 80; round++)
         for (int f = 0; f < 2; f++) {
             int fd = open(names[f], O_RDONLY); if (fd < 0) return 4;
             ssize_t n; while ((n = read(fd, buf, sizeof buf)) > 0) sum += buf[n - 1];
@@ -1200,6 +1212,7 @@ fn host_free_bytes(path: &str) -> u64 {
 /// and the host disk is untouched.
 #[test]
 fn the_disk_budget_bounds_fallocate_files_and_inodes() {
+    // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let budget = verdict_sandbox::DiskBudget {
         bytes: 64 << 20,
@@ -1305,98 +1318,6 @@ int main() {
     again
         .write_file("probe", b"ok")
         .expect("room again after the run");
-}
-
-#[test]
-fn a_compiler_thrashing_at_its_memory_limit_is_stopped_soon() {
-    // cc1plus needs ~200 MB for <bits/stdc++.h>; under 64 MiB without swap it keeps
-    // evicting and re-reading its own text instead of being OOM-killed.
-    if !std::path::Path::new("/usr/bin/g++").exists() {
-        return;
-    }
-    let slot = SLOT_BASE + 84;
-    let dir = sandbox().run_dir(slot).expect("run dir");
-    dir.write_file(
-        "main.cpp",
-        b"#include <bits/stdc++.h>\nint main(){ std::map<int,int> m; std::cout << m.size(); }\n",
-    )
-    .expect("source");
-    let limits = Limits {
-        memory_kb: 64 * 1024,
-        wall_ms: 30_000,
-        cpu_ms: 30_000,
-        ..Limits::default()
-    };
-    let t = std::time::Instant::now();
-    let r = run_in(
-        &dir,
-        slot,
-        "/usr/bin/g++",
-        &["-O2", "-c", "-o", "main.o", "main.cpp"],
-        b"",
-        limits,
-    );
-    let took = t.elapsed();
-    eprintln!("g++ under 64 MiB: {:?} after {took:?}", r.outcome.limit);
-    assert_eq!(r.outcome.limit, Some(LimitHit::Memory), "{:?}", r.outcome);
-    assert!(took < std::time::Duration::from_secs(6), "{took:?}");
-}
-
-#[test]
-fn page_cache_rereads_are_not_memory_limit_exceeded() {
-    // 140 MiB of anonymous memory plus two 60 MiB files re-read several times under
-    // 256 MiB: the files' clean page cache is evicted and read again, which keeps the
-    // cgroup at its limit, but the anonymous working set fits. A plain memory cgroup lets
-    // this finish; so must we.
-    let slot = SLOT_BASE + 83;
-    let limits = Limits {
-        memory_kb: 256 * 1024,
-        file_size_bytes: 128 * 1024 * 1024,
-        wall_ms: 30_000,
-        cpu_ms: 20_000,
-        ..Limits::default()
-    };
-    let t = std::time::Instant::now();
-    let o = c(
-        "rereads",
-        r#"int main(){
-    size_t table = 140u << 20;
-    char *p = malloc(table); if (!p) return 1;
-    for (size_t i = 0; i < table; i += 4096) p[i] = (char)i;
-    static char buf[1 << 20];
-    memset(buf, 7, sizeof buf);
-    const char *names[] = { "a.dat", "b.dat" };
-    for (int f = 0; f < 2; f++) {
-        int fd = open(names[f], O_WRONLY|O_CREAT|O_TRUNC, 0600); if (fd < 0) return 2;
-        for (int i = 0; i < 60; i++) if (write(fd, buf, sizeof buf) != sizeof buf) return 3;
-        close(fd);
-    }
-    long sum = 0;
-    for (int round = 0; round < 80; round++)
-        for (int f = 0; f < 2; f++) {
-            int fd = open(names[f], O_RDONLY); if (fd < 0) return 4;
-            ssize_t n; while ((n = read(fd, buf, sizeof buf)) > 0) sum += buf[n - 1];
-            close(fd);
-            for (size_t i = 0; i < table; i += 4096) sum += p[i];
-        }
-    printf("%ld\n", sum > 0); return 0; }"#,
-        &[],
-        limits,
-        slot,
-    );
-    eprintln!("rereads: {:?} in {:?}", o.limit, t.elapsed());
-    assert_eq!(o.limit, None, "{o:?}");
-    assert!(o.success(), "{o:?}");
-    assert_eq!(stdout(&o), "1\n");
-}
-
-fn host_free_bytes(path: &str) -> u64 {
-    let c = std::ffi::CString::new(path).expect("path");
-    // SAFETY: statvfs is plain old data; the call fills it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-pointer.
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-    st.f_bavail * st.f_frsize
 }
 
 #[test]
