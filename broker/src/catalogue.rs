@@ -1,10 +1,15 @@
 //! The language catalogue (`languages.toml`): shared data for the server (which languages
 //! exist, their limits) and the worker (how to compile and run them).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+
+use crate::Broker;
 
 /// The catalogue shipped with Verdict, used when no file is given.
 pub const BUILTIN: &str = include_str!("../../languages.toml");
@@ -37,9 +42,20 @@ pub struct Language {
     pub run_limits: LimitBoost,
     #[serde(default)]
     pub compile_limits: LimitBoost,
+    /// The Debian package that provides the toolchain (an install hint for operators,
+    /// printed by `verdict languages` when the toolchain is missing).
+    #[serde(default)]
+    pub package: Option<String>,
+    /// Extra environment for the compile and run steps, on top of the worker's PATH,
+    /// HOME and TMPDIR (both the run directory) and LANG; a name given here wins.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
     /// Filled by [`Catalogue::detect_versions`]; empty when the toolchain is missing.
     #[serde(skip)]
     pub detected_version: Option<String>,
+    /// Filled by [`Catalogue::detect_versions`]: why the toolchain is unusable, if it is.
+    #[serde(skip)]
+    pub missing: Option<String>,
 }
 
 impl Language {
@@ -59,6 +75,47 @@ impl Language {
         }
         programs
     }
+
+    /// True when [`Catalogue::detect_versions`] found a usable toolchain.
+    pub fn available(&self) -> bool {
+        self.detected_version.is_some()
+    }
+}
+
+/// Language id → detected toolchain version: what one worker (or all live workers
+/// together) can run. Workers send theirs with every heartbeat.
+pub type Toolchains = BTreeMap<String, String>;
+
+/// Why `path` cannot be executed by an unprivileged sandbox uid: it is missing, not a
+/// regular file, or it or a directory above it lacks the "other" execute bit (a
+/// toolchain under /root, say). `None` when it is fine. Symlinks are followed.
+fn unreachable_for_others(path: &str) -> Option<String> {
+    let resolved = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(_) => return Some(format!("{path} not found")),
+    };
+    let meta = match std::fs::metadata(&resolved) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("{path}: {e}")),
+    };
+    if !meta.is_file() {
+        return Some(format!("{path} is not a file"));
+    }
+    if meta.permissions().mode() & 0o005 != 0o005 {
+        return Some(format!(
+            "{path} is not readable and executable by other users (sandbox uids)"
+        ));
+    }
+    for dir in resolved.ancestors().skip(1) {
+        let searchable = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+        if !searchable {
+            return Some(format!(
+                "{path}: {} is not searchable by other users (sandbox uids)",
+                dir.display()
+            ));
+        }
+    }
+    None
 }
 
 #[derive(Deserialize)]
@@ -109,6 +166,22 @@ impl Catalogue {
                     lang.id
                 )));
             }
+            if let Some(name) = lang
+                .env
+                .keys()
+                .find(|name| name.is_empty() || name.contains('=') || name.contains('\0'))
+            {
+                return Err(CatalogueError::Invalid(format!(
+                    "{}: invalid environment variable name {name:?}",
+                    lang.id
+                )));
+            }
+            if lang.env.values().any(|v| v.contains('\0')) {
+                return Err(CatalogueError::Invalid(format!(
+                    "{}: environment value with a NUL byte",
+                    lang.id
+                )));
+            }
             if index.insert(lang.id.clone(), k).is_some() {
                 return Err(CatalogueError::Invalid(format!(
                     "duplicate language id {}",
@@ -137,10 +210,20 @@ impl Catalogue {
         }
     }
 
-    /// Runs each language's version command (trusted toolchains, not user code) and
-    /// records the first line. Blocking: call from a blocking context.
+    /// Checks that each language's programs exist and are executable by sandbox uids,
+    /// then runs its version command (trusted toolchains, not user code) and records the
+    /// first line; [`Language::missing`] says why when either fails. Blocking: call from a
+    /// blocking context.
     pub fn detect_versions(&mut self) {
         for lang in &mut self.languages {
+            lang.detected_version = None;
+            lang.missing = lang
+                .toolchain()
+                .into_iter()
+                .find_map(unreachable_for_others);
+            if lang.missing.is_some() {
+                continue;
+            }
             let output = std::process::Command::new(&lang.version[0])
                 .args(&lang.version[1..])
                 .output();
@@ -155,7 +238,19 @@ impl Catalogue {
                     .next()
                     .map(|l| l.trim().to_owned())
             });
+            if lang.detected_version.is_none() {
+                lang.missing = Some(format!("`{}` failed", lang.version.join(" ")));
+            }
         }
+    }
+
+    /// The languages whose toolchain [`Catalogue::detect_versions`] found, with their
+    /// versions: what a worker reports with its heartbeat.
+    pub fn toolchains(&self) -> Toolchains {
+        self.languages
+            .iter()
+            .filter_map(|l| Some((l.id.clone(), l.detected_version.clone()?)))
+            .collect()
     }
 
     /// The language with this id.
@@ -178,16 +273,72 @@ impl Catalogue {
     }
 }
 
+/// How long [`LiveToolchains`] trusts one answer of the broker.
+pub const LIVE_TOOLCHAINS_TTL: Duration = Duration::from_millis(500);
+
+/// What the live workers can run, as a server asks it before accepting a submission:
+/// one broker round trip per [`LIVE_TOOLCHAINS_TTL`] at most, not one per submit.
+#[derive(Debug, Default)]
+pub struct LiveToolchains {
+    cached: Mutex<Option<(Instant, Option<Arc<Toolchains>>)>>,
+}
+
+impl LiveToolchains {
+    /// The union of the live workers' toolchains; `None` when no worker is alive (then
+    /// nobody can say, and submissions are queued for the next worker as before).
+    pub async fn get(&self, broker: &dyn Broker) -> crate::Result<Option<Arc<Toolchains>>> {
+        if let Some((at, value)) = self.lock().as_ref() {
+            if at.elapsed() < LIVE_TOOLCHAINS_TTL {
+                return Ok(value.clone());
+            }
+        }
+        let value = broker.live_toolchains().await?.map(Arc::new);
+        *self.lock() = Some((Instant::now(), value.clone()));
+        Ok(value)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Option<Arc<Toolchains>>)>> {
+        self.cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The fixed language ids (design.md).
+    const FIXED_IDS: [&str; 16] = [
+        "python3",
+        "c",
+        "cpp",
+        "rust",
+        "javascript",
+        "java",
+        "bash",
+        "go",
+        "typescript",
+        "csharp",
+        "ruby",
+        "php",
+        "haskell",
+        "pascal",
+        "lua",
+        "perl",
+    ];
+
     #[test]
-    fn builtin_catalogue_has_the_seven_languages() {
+    fn builtin_catalogue_has_the_sixteen_languages_each_with_a_package() {
         let c = Catalogue::parse(BUILTIN).expect("builtin parses");
-        for id in ["python3", "c", "cpp", "rust", "javascript", "java", "bash"] {
-            assert!(c.get(id).is_some(), "{id} missing");
+        for id in FIXED_IDS {
+            let lang = c.get(id).unwrap_or_else(|| panic!("{id} missing"));
+            assert!(lang.package.is_some(), "{id}: no package");
         }
+        assert_eq!(c.languages().len(), FIXED_IDS.len());
+        assert!(c
+            .get("go")
+            .is_some_and(|l| l.env.contains_key("CGO_ENABLED")));
         assert!(c.get("java").is_some_and(Language::compiled));
         assert!(!c.get("python3").is_some_and(Language::compiled));
         for lang in c.languages() {
@@ -199,6 +350,60 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn bad_environment_names_are_rejected() {
+        for env in ["{ \"\" = \"x\" }", "{ \"A=B\" = \"x\" }"] {
+            let text = format!(
+                "[[language]]\nid='a'\nname='A'\nsource='a'\nversion=['x']\nrun=['x']\nenv={env}\n"
+            );
+            assert!(
+                matches!(Catalogue::parse(&text), Err(CatalogueError::Invalid(_))),
+                "{env}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_or_unreachable_toolchains_are_unavailable_with_a_reason() {
+        let dir = std::env::temp_dir().join(format!("verdict-cat-{}", std::process::id()));
+        let private = dir.join("private");
+        std::fs::create_dir_all(&private).expect("dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let hidden = private.join("tool");
+        std::fs::write(&hidden, "#!/bin/sh\necho hidden 1\n").expect("write");
+        std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let text = format!(
+            "[[language]]\nid='gone'\nname='G'\nsource='a'\nversion=['/nonexistent/x']\nrun=['x']\n\
+             [[language]]\nid='hidden'\nname='H'\nsource='a'\nversion=['{}']\nrun=['x']\n\
+             [[language]]\nid='sh'\nname='S'\nsource='a'\nversion=['/bin/echo', 'sh 1']\nrun=['/bin/sh']\n",
+            hidden.display()
+        );
+        let mut c = Catalogue::parse(&text).expect("parses");
+        c.detect_versions();
+        let gone = c.get("gone").expect("gone");
+        assert!(!gone.available());
+        assert!(gone
+            .missing
+            .as_deref()
+            .is_some_and(|m| m.contains("not found")));
+        let hidden = c.get("hidden").expect("hidden");
+        assert!(!hidden.available(), "a toolchain in a 0700 directory");
+        assert!(hidden
+            .missing
+            .as_deref()
+            .is_some_and(|m| m.contains("not searchable")));
+        assert_eq!(
+            c.get("sh").and_then(|l| l.detected_version.clone()),
+            Some("sh 1".into())
+        );
+        assert_eq!(
+            c.toolchains().into_iter().collect::<Vec<_>>(),
+            [("sh".to_owned(), "sh 1".to_owned())]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

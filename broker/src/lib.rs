@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use catalogue::{Catalogue, CatalogueError, Language, LimitBoost};
+pub use catalogue::{
+    Catalogue, CatalogueError, Language, LimitBoost, LiveToolchains, Toolchains,
+    LIVE_TOOLCHAINS_TTL,
+};
 pub use error::{BrokerError, Result};
 pub use hub::{LiveEvents, Signal};
 pub use latency::{Histogram, LATENCY_BUCKETS};
@@ -136,10 +139,22 @@ pub trait Broker: Send + Sync + 'static {
     /// Returns false when the lease was already lost to another worker.
     async fn renew(&self, delivery: &Delivery) -> Result<bool>;
 
-    /// Records that worker `consumer` is alive and how busy it is. Call every
-    /// [`HEARTBEAT_INTERVAL`]: a worker silent for [`BrokerSettings::worker_alive`] is
-    /// presumed dead and its jobs go to the next worker that asks.
-    async fn heartbeat(&self, consumer: &str, running: u32, slots: u32) -> Result<()>;
+    /// Records that worker `consumer` is alive, how busy it is and which languages it
+    /// can run. Call every [`HEARTBEAT_INTERVAL`]: a worker silent for
+    /// [`BrokerSettings::worker_alive`] is presumed dead and its jobs go to the next
+    /// worker that asks.
+    async fn heartbeat(
+        &self,
+        consumer: &str,
+        running: u32,
+        slots: u32,
+        toolchains: &Toolchains,
+    ) -> Result<()>;
+
+    /// The union of the toolchains of the workers alive right now (heartbeat within
+    /// [`BrokerSettings::worker_alive`]); `None` when no worker is alive, or when one
+    /// does not report its toolchains (nobody can tell what is missing).
+    async fn live_toolchains(&self) -> Result<Option<Toolchains>>;
 
     /// Queue and worker figures for `stats` and metrics.
     async fn stats(&self) -> Result<QueueStats>;
@@ -167,6 +182,10 @@ pub struct WorkerInfo {
     pub last_heartbeat: chrono::DateTime<chrono::Utc>,
     pub running: u32,
     pub slots: u32,
+    /// The languages it can run, with their toolchain versions; `None` from a worker
+    /// that does not report them (an older version): then nobody refuses a language.
+    #[serde(default)]
+    pub toolchains: Option<Toolchains>,
 }
 
 /// What is in the queue right now.

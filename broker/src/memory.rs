@@ -17,7 +17,7 @@ use crate::retention;
 use crate::types::{
     wire_name, Event, EventKind, Job, Status, Submission, TestResult, EVENT_OUTPUT_CAP,
 };
-use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
+use crate::{Broker, BrokerSettings, Delivery, QueueStats, Toolchains, WorkerInfo, WORKER_STALE};
 
 /// Heap bytes assumed for an event or a record beside its text: the estimate the memory
 /// budgets count in (serializing every event just to measure it would cost more CPU than
@@ -513,17 +513,47 @@ impl Broker for MemoryBroker {
         })
     }
 
-    async fn heartbeat(&self, consumer: &str, running: u32, slots: u32) -> Result<()> {
+    async fn heartbeat(
+        &self,
+        consumer: &str,
+        running: u32,
+        slots: u32,
+        toolchains: &Toolchains,
+    ) -> Result<()> {
         let info = WorkerInfo {
             name: consumer.to_owned(),
             last_heartbeat: Utc::now(),
             running,
             slots,
+            toolchains: Some(toolchains.clone()),
         };
         let mut state = self.state();
         Self::seen(&mut state, consumer, Instant::now());
         state.workers.insert(consumer.to_owned(), info);
         Ok(())
+    }
+
+    async fn live_toolchains(&self) -> Result<Option<Toolchains>> {
+        let state = self.state();
+        let now = Instant::now();
+        let alive = self.settings.worker_alive;
+        let mut live = None;
+        for info in state.workers.values() {
+            let is_alive = state
+                .alive
+                .get(&info.name)
+                .is_some_and(|t| now.duration_since(*t) < alive);
+            if is_alive {
+                let Some(toolchains) = &info.toolchains else {
+                    return Ok(None);
+                };
+                let all: &mut Toolchains = live.get_or_insert_with(Toolchains::new);
+                for (id, version) in toolchains {
+                    all.entry(id.clone()).or_insert_with(|| version.clone());
+                }
+            }
+        }
+        Ok(live)
     }
 
     async fn stats(&self) -> Result<QueueStats> {

@@ -31,7 +31,7 @@ use crate::hub::{Control, Hub, LiveEvents, HUB_CAPACITY};
 use crate::latency::{micros, Histogram, JobLatency};
 use crate::retention;
 use crate::types::{wire_name, Event, EventKind, Job, Submission};
-use crate::{Broker, BrokerSettings, Delivery, QueueStats, WorkerInfo, WORKER_STALE};
+use crate::{Broker, BrokerSettings, Delivery, QueueStats, Toolchains, WorkerInfo, WORKER_STALE};
 
 const GROUP: &str = "workers";
 /// Length of the placeholder prefix `{"seq":0` that the scripts replace.
@@ -119,6 +119,17 @@ const HEARTBEAT_LUA: &str = r#"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
 return 1
+"#;
+
+/// The registry entries (KEYS[1]) of the workers whose alive key (prefix ARGV[1]) still
+/// exists: the alive key's TTL is Redis's clock, so no skew between machines matters.
+const LIVE_WORKERS_LUA: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #all, 2 do
+  if redis.call('EXISTS', ARGV[1] .. all[i]) == 1 then live[#live + 1] = all[i + 1] end
+end
+return live
 "#;
 
 /// Finds one job to take back for consumer ARGV[2], and refreshes its alive key.
@@ -240,6 +251,7 @@ pub struct RedisBroker {
     finish_script: Script,
     renew_script: Script,
     heartbeat_script: Script,
+    live_workers_script: Script,
     reclaim_script: Script,
     /// Entries pending under this process's own consumer names when it first asked for
     /// work: left by an earlier process of the same name (a container restarted with
@@ -318,6 +330,7 @@ impl RedisBroker {
             finish_script: Script::from_lua(FINISH_LUA),
             renew_script: Script::from_lua(RENEW_LUA),
             heartbeat_script: Script::from_lua(HEARTBEAT_LUA),
+            live_workers_script: Script::from_lua(LIVE_WORKERS_LUA),
             reclaim_script: Script::from_lua(RECLAIM_LUA),
             inherited: std::sync::Mutex::new(HashMap::new()),
             last_reclaim: std::sync::Mutex::new(None),
@@ -913,12 +926,19 @@ impl Broker for RedisBroker {
         Ok(held == 1)
     }
 
-    async fn heartbeat(&self, consumer: &str, running: u32, slots: u32) -> Result<()> {
+    async fn heartbeat(
+        &self,
+        consumer: &str,
+        running: u32,
+        slots: u32,
+        toolchains: &Toolchains,
+    ) -> Result<()> {
         let info = WorkerInfo {
             name: consumer.to_owned(),
             last_heartbeat: Utc::now(),
             running,
             slots,
+            toolchains: Some(toolchains.clone()),
         };
         let _: i64 = self
             .heartbeat_script
@@ -936,6 +956,35 @@ impl Broker for RedisBroker {
             )
             .await?;
         Ok(())
+    }
+
+    async fn live_toolchains(&self) -> Result<Option<Toolchains>> {
+        let live: Vec<String> = self
+            .live_workers_script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.names.workers()],
+                vec![self.names.alive_prefix()],
+            )
+            .await?;
+        if live.is_empty() {
+            return Ok(None);
+        }
+        let mut all = Toolchains::new();
+        for json in live {
+            // A live worker whose entry we cannot read or that does not report its
+            // toolchains (another version) might run anything: nobody can tell.
+            let Some(toolchains) = serde_json::from_str::<WorkerInfo>(&json)
+                .ok()
+                .and_then(|info| info.toolchains)
+            else {
+                return Ok(None);
+            };
+            for (id, version) in toolchains {
+                all.entry(id).or_insert(version);
+            }
+        }
+        Ok(Some(all))
     }
 
     async fn stats(&self) -> Result<QueueStats> {

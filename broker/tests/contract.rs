@@ -307,6 +307,51 @@ contract!(
     latency_histograms_count_each_finished_submission_once,
 );
 
+fn toolchains(ids: &[(&str, &str)]) -> Toolchains {
+    ids.iter()
+        .map(|(id, v)| ((*id).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn live_toolchains_are_the_union_of_live_workers_and_none_without_any() {
+    let settings = BrokerSettings {
+        worker_alive: Duration::from_millis(600),
+        ..BrokerSettings::default()
+    };
+    for broker in broker_pair(settings).await {
+        assert_eq!(broker.live_toolchains().await.expect("live"), None);
+        let a = toolchains(&[("python3", "Python 3.11"), ("c", "gcc 12")]);
+        let b = toolchains(&[("go", "go1.19")]);
+        broker.heartbeat("a", 0, 1, &a).await.expect("heartbeat");
+        broker.heartbeat("b", 0, 1, &b).await.expect("heartbeat");
+        let live = broker.live_toolchains().await.expect("live").expect("some");
+        assert_eq!(
+            live.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["c", "go", "python3"]
+        );
+        assert_eq!(live["go"], "go1.19");
+        // `b` stops heartbeating: its languages go with it; `a` keeps going.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        broker.heartbeat("a", 0, 1, &a).await.expect("heartbeat");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let live = broker.live_toolchains().await.expect("live").expect("some");
+        assert!(!live.contains_key("go"), "{live:?}");
+        assert!(live.contains_key("python3"), "{live:?}");
+        // A live worker with no toolchain at all is still a live worker.
+        broker
+            .heartbeat("a", 0, 1, &Toolchains::new())
+            .await
+            .expect("heartbeat");
+        assert_eq!(
+            broker.live_toolchains().await.expect("live"),
+            Some(Toolchains::new())
+        );
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(broker.live_toolchains().await.expect("live"), None);
+    }
+}
+
 #[tokio::test]
 async fn full_queue_is_refused_on_both_backends() {
     let settings = BrokerSettings {
@@ -667,7 +712,10 @@ async fn broker_pair(settings: BrokerSettings) -> [SharedBroker; 2] {
 async fn take_within(broker: &SharedBroker, consumer: &str, within: Duration) -> Option<Delivery> {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
-        broker.heartbeat(consumer, 0, 1).await.expect("heartbeat");
+        broker
+            .heartbeat(consumer, 0, 1, &Toolchains::new())
+            .await
+            .expect("heartbeat");
         if let Some(d) = broker
             .next_job(consumer, Duration::from_millis(300))
             .await
@@ -702,7 +750,10 @@ async fn a_dead_workers_job_is_taken_back_once_its_heartbeat_stops() {
             let held = held.clone();
             tokio::spawn(async move {
                 loop {
-                    broker.heartbeat("owner", 1, 1).await.expect("heartbeat");
+                    broker
+                        .heartbeat("owner", 1, 1, &Toolchains::new())
+                        .await
+                        .expect("heartbeat");
                     assert!(broker.renew(&held).await.expect("renew"), "lease kept");
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }

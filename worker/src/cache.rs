@@ -64,6 +64,10 @@ pub fn key(lang: &Language, source: &str) -> String {
     for arg in lang.compile.iter().flatten() {
         part(arg.as_bytes());
     }
+    for (name, value) in &lang.env {
+        part(name.as_bytes());
+        part(value.as_bytes());
+    }
     part(lang.source.as_bytes());
     part(source.as_bytes());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()

@@ -1,6 +1,7 @@
 //! One job, start to end: compile once, run each test, publish every step, store the
 //! outcome. Blocking sandbox work runs on tokio's blocking pool.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,14 +32,19 @@ fn boosted(limits: &Limits, boost: &LimitBoost) -> verdict_sandbox::Limits {
     }
 }
 
-fn environment(dir: &RunDir) -> Vec<(String, String)> {
+/// The run's environment: PATH, HOME and TMPDIR (the run directory), LANG, then the
+/// language's own `env` table from the catalogue (a name there replaces ours).
+fn environment(dir: &RunDir, extra: &BTreeMap<String, String>) -> Vec<(String, String)> {
     let home = dir.path().display().to_string();
-    vec![
+    let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("HOME".into(), home.clone()),
         ("TMPDIR".into(), home),
         ("LANG".into(), "C.UTF-8".into()),
-    ]
+    ];
+    env.retain(|(name, _)| !extra.contains_key(name));
+    env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
 }
 
 /// Resolves `./main` against the run directory; absolute paths stay as they are.
@@ -73,10 +79,12 @@ impl Utf8Carry {
 impl Worker {
     /// Runs `command` in the sandbox on the blocking pool, forwarding output chunks to
     /// `output` when given.
+    #[allow(clippy::too_many_arguments)] // each is one aspect of the run; no natural group
     async fn sandboxed(
         &self,
         dir: &Arc<RunDir>,
         command: &[String],
+        env: &BTreeMap<String, String>,
         stdin: String,
         limits: verdict_sandbox::Limits,
         output: Option<mpsc::UnboundedSender<(StreamKind, Vec<u8>)>>,
@@ -86,11 +94,12 @@ impl Worker {
         let dir = Arc::clone(dir);
         let cancel = Arc::clone(cancel);
         let command = command.to_vec();
+        let env = environment(&dir, env);
         let outcome = tokio::task::spawn_blocking(move || {
             let spec = RunSpec {
                 program: program(&dir, &command),
                 args: command[1..].to_vec(),
-                env: environment(&dir),
+                env,
                 stdin: stdin.as_bytes(),
                 dir: &dir,
                 slot: dir.slot(),
@@ -238,7 +247,7 @@ impl Worker {
             self.broker.publish(id, EventKind::Compiling).await?;
             let limits = boosted(&self.config.compile_limits, &lang.compile_limits);
             let outcome = self
-                .sandboxed(dir, compile, String::new(), limits, None, cancel)
+                .sandboxed(dir, compile, &lang.env, String::new(), limits, None, cancel)
                 .await?;
             let mut text = String::from_utf8_lossy(&outcome.stderr).into_owned();
             text.push_str(&String::from_utf8_lossy(&outcome.stdout));
@@ -358,6 +367,7 @@ impl Worker {
                 .sandboxed(
                     &test_dir,
                     &lang.run,
+                    &lang.env,
                     test.stdin.clone(),
                     limits,
                     Some(tx),

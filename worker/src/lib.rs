@@ -173,11 +173,14 @@ impl Worker {
     /// crash costs seconds, not the visibility timeout.
     async fn heartbeats(self: Arc<Self>) {
         let slots = u32::try_from(self.config.concurrency).unwrap_or(u32::MAX);
+        // The languages whose toolchain was found at start-up: servers refuse a submission
+        // that no live worker can run.
+        let toolchains = self.catalogue.toolchains();
         loop {
             let running = self.running.load(Ordering::Relaxed);
             if let Err(e) = self
                 .broker
-                .heartbeat(&self.config.consumer, running, slots)
+                .heartbeat(&self.config.consumer, running, slots, &toolchains)
                 .await
             {
                 tracing::debug!(error = %e, "heartbeat failed");
