@@ -132,18 +132,28 @@ impl Default for SandboxConfig {
             "/etc/group",
             "/etc/mime.types",
             "/etc/os-release",
+            // glibc's locale aliases (/usr/share/locale/locale.alias links here).
+            "/etc/locale.alias",
+            // Mono's DllMap (/etc/mono/config maps System.Native to libmono-native.so:
+            // without it every file access of a C# program fails) and machine.config.
+            "/etc/mono",
+            // PHP's php.ini and the conf.d files that enable its bundled extensions.
+            "/etc/php",
+            // GHC's global package database (/usr/lib/ghc/package.conf.d links here).
+            "/var/lib/ghc",
         ] {
             read_only.push(PathBuf::from(p));
         }
-        // JDK configuration (e.g. /usr/lib/jvm/*/conf -> /etc/java-17-openjdk) and Python's.
+        // JDK configuration (e.g. /usr/lib/jvm/*/conf -> /etc/java-17-openjdk), Python's,
+        // and Free Pascal's (/etc/fpc.cfg -> /etc/alternatives -> /etc/fpc-3.2.2.cfg).
         if let Ok(entries) = std::fs::read_dir("/etc") {
             let mut extra: Vec<PathBuf> = entries
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("java-") || n.starts_with("python3"))
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.starts_with("java-") || n.starts_with("python3") || n.starts_with("fpc")
+                    })
                 })
                 .collect();
             extra.sort();
