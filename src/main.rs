@@ -523,8 +523,12 @@ async fn catalogue(args: &CatalogueArgs) -> Result<Arc<Catalogue>, BoxError> {
     })
     .await??;
     for lang in catalogue.languages() {
-        if lang.detected_version.is_none() {
-            tracing::warn!(language = %lang.id, "toolchain not found; submissions in it will fail");
+        if let Some(why) = &lang.missing {
+            tracing::warn!(
+                language = %lang.id,
+                package = lang.package.as_deref().unwrap_or("-"),
+                "toolchain unavailable ({why}); submissions in it are refused unless another live worker has it"
+            );
         }
     }
     Ok(Arc::new(catalogue))
@@ -643,7 +647,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             for lang in catalogue.languages() {
                 let version = lang.detected_version.clone().unwrap_or_else(|| {
                     missing += 1;
-                    "MISSING".into()
+                    // What to install, and why the toolchain counts as missing.
+                    let why = lang.missing.as_deref().unwrap_or("not found");
+                    match lang.package.as_deref() {
+                        Some(package) => format!("MISSING (install {package}: {why})"),
+                        None => format!("MISSING ({why})"),
+                    }
                 });
                 println!(
                     "{:<12} {:<24} {:<8} {}",

@@ -806,11 +806,22 @@ async fn cancel_while_queued_never_runs_it() {
 // ---------------------------------------------------------------------------------------
 // INTERNAL_ERROR
 
+/// A toolchain that is missing is refused at submit (BAD_USER_INPUT, see
+/// tests/languages.rs); one that is present but fails in the sandbox is our error.
 #[tokio::test]
-async fn missing_toolchain_is_an_internal_error_and_the_server_stays_healthy() {
+async fn broken_toolchain_is_an_internal_error_and_the_server_stays_healthy() {
     let dir = std::env::temp_dir().join(format!("verdict-langs-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("languages.toml");
+    // Executable by anyone, but outside the sandbox's read paths: exec fails in the sandbox.
+    let interpreter = dir.join("interpreter");
+    std::fs::write(&interpreter, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(
+        &interpreter,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::write(
         &file,
         r#"
@@ -818,8 +829,8 @@ async fn missing_toolchain_is_an_internal_error_and_the_server_stays_healthy() {
 id = "broken"
 name = "Broken"
 source = "main.txt"
-version = ["/bin/true"]
-run = ["/nonexistent/interpreter", "main.txt"]
+version = ["/bin/echo", "broken 1.0"]
+run = ["INTERPRETER", "main.txt"]
 
 [[language]]
 id = "python3"
@@ -827,7 +838,8 @@ name = "Python 3"
 source = "main.py"
 version = ["/usr/bin/python3", "--version"]
 run = ["/usr/bin/python3", "-S", "main.py"]
-"#,
+"#
+        .replace("INTERPRETER", interpreter.to_str().unwrap()),
     )
     .unwrap();
     let server = standalone_with(&["--languages", file.to_str().unwrap()]);

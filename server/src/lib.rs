@@ -59,6 +59,7 @@ pub fn state_with(
     let api = Arc::new(ApiState {
         broker,
         catalogue,
+        live_toolchains: verdict_broker::LiveToolchains::default(),
         policy,
         metrics: Arc::clone(&metrics),
         shutdown,

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use verdict_broker::{watch, Catalogue, Event, EventKind, Job, SharedBroker, TestCase};
+use verdict_broker::{
+    watch, Catalogue, Event, EventKind, Job, LiveToolchains, SharedBroker, TestCase,
+};
 
 use async_graphql::ErrorExtensions;
 
@@ -25,6 +27,9 @@ pub type VerdictSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 pub struct ApiState {
     pub broker: SharedBroker,
     pub catalogue: Arc<Catalogue>,
+    /// What the live workers can run (cached briefly): `Language.available` and the
+    /// submit check.
+    pub live_toolchains: LiveToolchains,
     pub policy: InputPolicy,
     pub metrics: Arc<Metrics>,
     /// Fires on shutdown: open subscriptions complete instead of hanging.
@@ -106,12 +111,69 @@ impl Language {
     async fn name(&self) -> &str {
         &self.0.name
     }
-    /// The toolchain's version line, detected at start-up; "unavailable" when missing.
-    async fn version(&self) -> &str {
-        self.0.detected_version.as_deref().unwrap_or("unavailable")
+    /// The toolchain's version line, as a live worker detected it at its start-up (else as
+    /// this server did); "unavailable" when missing.
+    async fn version(&self, ctx: &Context<'_>) -> String {
+        let s = state(ctx).ok();
+        let live = match s {
+            Some(s) => s
+                .live_toolchains
+                .get(s.broker.as_ref())
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        live.and_then(|live| live.get(&self.0.id).cloned())
+            .or_else(|| self.0.detected_version.clone())
+            .unwrap_or_else(|| "unavailable".into())
     }
     async fn compiled(&self) -> bool {
         self.0.compiled()
+    }
+    /// Whether some live worker has this language's toolchain (false while no worker is
+    /// alive). `submit` refuses a language that live workers lack.
+    async fn available(&self, ctx: &Context<'_>) -> Result<bool> {
+        let s = state(ctx)?;
+        let live = s
+            .live_toolchains
+            .get(s.broker.as_ref())
+            .await
+            .map_err(gql)?;
+        Ok(live.is_some_and(|live| live.contains_key(&self.0.id)))
+    }
+    /// The Debian package (or other install) that provides the toolchain, from the
+    /// catalogue.
+    async fn package(&self) -> Option<&str> {
+        self.0.package.as_deref()
+    }
+}
+
+/// Refuses a language that no live worker has the toolchain for. With no live worker at
+/// all nobody can tell, so the submission is queued for the next one, as before. A
+/// broker failure here is left to `submit` itself to report.
+async fn check_toolchain(s: &ApiState, language: &str) -> Result<(), ApiError> {
+    match s.live_toolchains.get(s.broker.as_ref()).await {
+        Ok(Some(live)) if !live.contains_key(language) => {
+            let lang = s.catalogue.get(language);
+            let name = lang.map_or(language, |l| l.name.as_str());
+            let package = lang
+                .and_then(|l| l.package.as_deref())
+                .map(|p| format!(" (package: {p})"))
+                .unwrap_or_default();
+            Err(ApiError::bad(
+                "language",
+                format!(
+                    "language \"{language}\" is unavailable: the {name} toolchain is not \
+                     installed on any live worker{package}"
+                ),
+            ))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the live workers' toolchains");
+            Ok(())
+        }
     }
 }
 
@@ -505,6 +567,9 @@ impl MutationRoot {
             stop_on_first_failure: input.stop_on_first_failure,
         };
         let request = s.policy.check(&s.catalogue, raw).map_err(|e| e.extend())?;
+        check_toolchain(s, &request.language)
+            .await
+            .map_err(|e| e.extend())?;
         // Random (v4) ids: an id reveals nothing and cannot be guessed from another.
         let id = uuid::Uuid::new_v4().to_string();
         let owner = caller(ctx).owner().map(str::to_owned);
