@@ -17,9 +17,11 @@
 
 mod cgroup;
 mod child;
+pub mod dirs;
 mod disk;
 mod fs_policy;
 mod ipc;
+mod nproc;
 pub mod remove;
 mod rundir;
 mod seccomp;
@@ -51,7 +53,8 @@ pub struct Limits {
     pub output_bytes: u64,
     /// Largest file the program may write (RLIMIT_FSIZE).
     pub file_size_bytes: u64,
-    /// Processes and threads (RLIMIT_NPROC per slot uid and pids cgroup).
+    /// Processes and threads (RLIMIT_NPROC per slot uid and pids cgroup; under the
+    /// worker's own uid, RLIMIT_NPROC raised by what the uid already runs).
     pub processes: u64,
     /// RLIMIT_NOFILE.
     pub open_files: u64,
@@ -304,6 +307,8 @@ pub struct Sandbox {
     dynmods: Option<cgroup::DynMods>,
     /// Whether runs get a file system of their own per slot.
     disk: disk::DiskMode,
+    /// Runs in progress under the worker's own uid, for their RLIMIT_NPROC (`nproc.rs`).
+    shared_uid: nproc::SharedUid,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -371,6 +376,7 @@ impl Sandbox {
             proc_stat: std::fs::File::open("/proc/self/stat").is_ok(),
             dynmods,
             disk: disk_mode,
+            shared_uid: nproc::SharedUid::default(),
         })
     }
 
@@ -639,8 +645,13 @@ impl Sandbox {
                 if mem.is_some() { "" } else { "DATA, " },
                 if ids.is_some() {
                     ", NPROC per slot uid"
+                } else if pids.is_some() {
+                    " (NPROC not set: shared uid, the pids cgroup limits processes)"
+                } else if self.is_root {
+                    " (NPROC not set: root is exempt; no pids cgroup, processes unlimited)"
                 } else {
-                    " (NPROC not set: shared uid)"
+                    ", NPROC = the run's limit + the uid's tasks outside runs + other runs' \
+                     limits (shared uid, counted from /proc before each spawn)"
                 }
             ),
         });
@@ -663,31 +674,10 @@ impl Sandbox {
 }
 
 fn prepare_base_dir(base: &Path) -> Result<(), SandboxError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o711)
-        .create(base)
-    {
-        Ok(()) => {}
-        Err(e) => {
-            return Err(SandboxError::RunDir {
-                context: format!("create base dir {}", base.display()),
-                source: e,
-            })
-        }
-    }
-    let meta = std::fs::symlink_metadata(base).map_err(|e| SandboxError::RunDir {
-        context: format!("stat {}", base.display()),
+    // Ours, a real directory, 0711: slot uids must traverse it but never list or write it.
+    // One that another user (or root, before) made is refused with a clear message.
+    dirs::ensure_own_dir(base, 0o711, "base dir").map_err(|e| SandboxError::RunDir {
+        context: format!("prepare {}", base.display()),
         source: e,
-    })?;
-    if !meta.is_dir() {
-        return Err(SandboxError::RunDir {
-            context: format!("{} is not a directory", base.display()),
-            source: io::Error::from(io::ErrorKind::InvalidInput),
-        });
-    }
-    // Slot uids must traverse it but never list or write it.
-    let _ = std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o711));
-    Ok(())
+    })
 }

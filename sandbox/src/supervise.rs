@@ -86,11 +86,16 @@ fn rlimit(cur: u64, max: u64) -> libc::rlimit {
 /// raise them). When the parent watches the run's CPU time (`cpu_watched`), RLIMIT_CPU is
 /// only a backstop, a second above the limit rounded up to seconds (its granularity), for
 /// when the parent cannot get scheduled; otherwise it is the enforcement.
+/// `nproc` is RLIMIT_NPROC's value, when it is set (see `nproc.rs` for a shared uid).
+/// `data_limit`: no memory cgroup, so RLIMIT_DATA bounds memory — the limit itself, or,
+/// when the parent watches the resident memory (`resident_watched`), a backstop of
+/// [`data_backstop`] (see [`ResidentWatch`]).
 fn rlimits(
     spec: &RunSpec<'_>,
     data_limit: bool,
-    nproc: bool,
+    nproc: Option<u64>,
     cpu_watched: bool,
+    resident_watched: bool,
 ) -> Vec<(libc::__rlimit_resource_t, libc::rlimit)> {
     let l = &spec.limits;
     let cpu_s = l.cpu_ms.div_ceil(1000).max(1) + u64::from(cpu_watched);
@@ -111,10 +116,15 @@ fn rlimits(
         (libc::RLIMIT_CORE, rlimit(0, 0)),
     ];
     if data_limit {
-        v.push((libc::RLIMIT_DATA, rlimit(mem, mem)));
+        let data = if resident_watched {
+            data_backstop(mem)
+        } else {
+            mem
+        };
+        v.push((libc::RLIMIT_DATA, rlimit(data, data)));
     }
-    if nproc {
-        v.push((libc::RLIMIT_NPROC, rlimit(l.processes, l.processes)));
+    if let Some(n) = nproc {
+        v.push((libc::RLIMIT_NPROC, rlimit(n, n)));
     }
     for (res, lim) in &mut v {
         let mut cur = libc::rlimit {
@@ -128,6 +138,59 @@ fn rlimits(
         }
     }
     v
+}
+
+/// RLIMIT_DATA when the parent watches resident memory: 4 x the limit + 1 GiB.
+///
+/// RLIMIT_DATA counts writable private *address space*, not memory: a JVM reserves a
+/// thread stack of `-Xss` (64 MiB in the catalogue) per thread and sizes its heap from the
+/// host's RAM, so a hello world maps ~1 GB (`VmData`) while using 40 MB, and under
+/// RLIMIT_DATA = 512 MiB it could not start its threads (`pthread_create failed
+/// (EAGAIN)`). So without a memory cgroup the limit is enforced on what the program
+/// really uses — resident memory, sampled by the parent — and RLIMIT_DATA only stops an
+/// allocation burst between two samples from taking the machine.
+fn data_backstop(limit_bytes: u64) -> u64 {
+    limit_bytes.saturating_mul(4).saturating_add(1 << 30)
+}
+
+/// The memory limit without a memory cgroup: the main process's resident set
+/// (`/proc/<pid>/statm`, its threads included), sampled with the CPU time (at most
+/// `CPU_TICK` apart); above the limit the run is killed as MEMORY_LIMIT. Processes it
+/// forks are not counted here, each is bounded by its own RLIMIT_DATA backstop.
+struct ResidentWatch {
+    statm: File,
+    limit_pages: u64,
+}
+
+impl ResidentWatch {
+    /// For `pid`, our unreaped child.
+    fn open(pid: libc::pid_t, limit_bytes: u64) -> Option<ResidentWatch> {
+        // SAFETY: sysconf takes no pointers.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = u64::try_from(page).ok().filter(|&p| p > 0)?;
+        Some(ResidentWatch {
+            statm: File::open(format!("/proc/{pid}/statm")).ok()?,
+            limit_pages: limit_bytes / page,
+        })
+    }
+
+    fn over_limit(&self) -> bool {
+        let mut buf = [0u8; 256];
+        let Ok(n) = self.statm.read_at(&mut buf, 0) else {
+            return false;
+        };
+        statm_resident(&buf[..n]).is_some_and(|pages| pages > self.limit_pages)
+    }
+}
+
+/// The second field (resident pages) of a `/proc/<pid>/statm` line.
+fn statm_resident(statm: &[u8]) -> Option<u64> {
+    std::str::from_utf8(statm)
+        .ok()?
+        .split_ascii_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Where the parent reads the run's CPU time from while it runs.
@@ -210,6 +273,8 @@ struct RunWatch<'a> {
     next: Instant,
     /// Sampled at the same moments as the CPU time.
     memory: Option<ThrashWatch<'a>>,
+    /// Without a memory cgroup: the resident memory, sampled with the CPU time.
+    resident: Option<ResidentWatch>,
 }
 
 /// How long a run may stay pressed against its memory limit, thrashing, before it counts
@@ -302,6 +367,13 @@ impl RunWatch<'_> {
             return None;
         }
         if self.memory.as_mut().is_some_and(|m| m.thrashing(now)) {
+            return Some(LimitHit::Memory);
+        }
+        if self
+            .resident
+            .as_ref()
+            .is_some_and(ResidentWatch::over_limit)
+        {
             return Some(LimitHit::Memory);
         }
         self.over_limit(now).then_some(LimitHit::CpuTime)
@@ -559,7 +631,21 @@ pub(crate) fn run(
         .map(|c| c.procs_fds())
         .unwrap_or_default();
     let cpu_watched = slot.cgroup.as_ref().is_some_and(|c| c.has_cpuacct()) || sb.proc_stat;
-    let limits = rlimits(spec, !has_mem_cg, ids.is_some(), cpu_watched);
+    // RLIMIT_NPROC counts every task of the uid. A slot uid runs nothing else: the run's
+    // limit. Under the worker's own uid it is raised by what the uid runs outside runs, and
+    // by the other runs' shares (`nproc.rs`), counted now, before the spawn. Root ignores
+    // it; a pids cgroup is exact and replaces it.
+    let has_pids_cg = slot.cgroup.as_ref().is_some_and(|c| c.has_pids());
+    let shared_uid = (ids.is_none() && !sb.is_root && !has_pids_cg)
+        .then(|| sb.shared_uid.reserve(spec.limits.processes));
+    let nproc = match ids {
+        Some(_) => Some(spec.limits.processes),
+        None => shared_uid.as_ref().map(|r| r.rlimit),
+    };
+    // Without a memory cgroup the parent watches the resident memory (with the CPU time,
+    // so only when that is watched too) and RLIMIT_DATA is a backstop.
+    let resident_watched = !has_mem_cg && cpu_watched;
+    let limits = rlimits(spec, !has_mem_cg, nproc, cpu_watched, resident_watched);
 
     let proc = sb.config.proc_when_uid_dropped;
     let landlock_fd = sb.fs.ruleset_for(spec.dir.path(), proc)?;
@@ -615,6 +701,9 @@ pub(crate) fn run(
 
     let start = Instant::now();
     let pid = spawn(&plan, &mut slot.stack)?;
+    if let Some(r) = &shared_uid {
+        r.spawned(pid);
+    }
     drop((stdin_r, stdout_w, stderr_w, landlock_fd));
 
     if let Some((code, errno)) = child::decode_report(report.load(Ordering::SeqCst)) {
@@ -653,6 +742,9 @@ pub(crate) fn run(
         cpus: sb.cpus,
         next: start,
         memory: ThrashWatch::new(slot.cgroup.as_ref()),
+        resident: resident_watched
+            .then(|| ResidentWatch::open(pid, spec.limits.memory_kb.saturating_mul(1024)))
+            .flatten(),
     };
     let limit = supervise_io(
         pid, spec.stdin, stdin_w, stdout_r, stderr_r, deadline, watch, cancel, &mut sink,
@@ -1053,7 +1145,17 @@ fn reap_orphans(uid: u32, cg: Option<&crate::cgroup::SlotCgroup>) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::proc_stat_ticks;
+    use super::{data_backstop, proc_stat_ticks, statm_resident};
+
+    #[test]
+    fn statm_resident_is_the_second_field() {
+        assert_eq!(
+            statm_resident(b"249120 10931 2790 1 0 238402 0\n"),
+            Some(10931)
+        );
+        assert_eq!(statm_resident(b"249120\n"), None);
+        assert_eq!(data_backstop(256 << 20), (1024 << 20) + (1 << 30));
+    }
 
     #[test]
     fn proc_stat_fields_are_counted_after_the_last_parenthesis() {
