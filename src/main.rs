@@ -12,6 +12,7 @@ use verdict_broker::{
     BrokerSettings, Catalogue, MemoryBroker, RedisBroker, RedisSettings, SharedBroker,
 };
 use verdict_sandbox::{Sandbox, SandboxConfig};
+use verdict_worker::paths::Locations;
 use verdict_worker::{Worker, WorkerConfig};
 
 /// Real-time code execution: GraphQL in, sandboxed runs, live events out.
@@ -93,6 +94,15 @@ struct WorkerTuning {
     /// after idle pays 10-15 ms to join its cgroups; see README, "Sandbox").
     #[arg(long, env = "VERDICT_NO_FAVORDYNMODS")]
     no_favordynmods: bool,
+    /// Base directory of the run directories. Default: /tmp/verdict-runs as root, else
+    /// $XDG_RUNTIME_DIR/verdict/runs or /tmp/verdict-<uid>/runs. Must be this uid's own.
+    #[arg(long, env = "VERDICT_RUN_DIR")]
+    run_dir: Option<PathBuf>,
+    /// Directory of the slot lock files (shared by the workers of one machine and uid).
+    /// Default: /tmp/verdict-slots as root, else $XDG_RUNTIME_DIR/verdict/slots or
+    /// /tmp/verdict-<uid>/slots. Must be this uid's own.
+    #[arg(long, env = "VERDICT_SLOT_DIR")]
+    slot_dir: Option<PathBuf>,
 }
 
 /// Limits of submitted programs: the default when a submission names none, and the
@@ -186,13 +196,10 @@ struct CompileArgs {
     compile_output_bytes: u64,
     #[arg(long, env = "VERDICT_COMPILE_PROCESSES", default_value_t = 64)]
     compile_processes: u64,
-    /// Directory of this machine's compile cache.
-    #[arg(
-        long,
-        env = "VERDICT_COMPILE_CACHE_DIR",
-        default_value = "/var/cache/verdict/compile"
-    )]
-    compile_cache_dir: PathBuf,
+    /// Directory of this machine's compile cache. Default: /var/cache/verdict/compile as
+    /// root, else $XDG_CACHE_HOME/verdict or ~/.cache/verdict.
+    #[arg(long, env = "VERDICT_COMPILE_CACHE_DIR")]
+    compile_cache_dir: Option<PathBuf>,
     /// Size cap of the compile cache in MiB (least recently used entries go first); 0
     /// disables the cache.
     #[arg(long, env = "VERDICT_COMPILE_CACHE_MB", default_value_t = 1024)]
@@ -200,7 +207,7 @@ struct CompileArgs {
 }
 
 impl CompileArgs {
-    fn apply(&self, config: &mut WorkerConfig) {
+    fn apply(&self, config: &mut WorkerConfig, locations: &Locations) {
         config.compile_limits = verdict_broker::Limits {
             cpu_time_ms: self.compile_cpu_ms.max(1),
             wall_time_ms: self.compile_wall_ms.max(1),
@@ -208,8 +215,11 @@ impl CompileArgs {
             output_bytes: self.compile_output_bytes.max(1),
             processes: self.compile_processes.max(1),
         };
-        config.compile_cache_dir =
-            (self.compile_cache_mb > 0).then(|| self.compile_cache_dir.clone());
+        config.compile_cache_dir = (self.compile_cache_mb > 0).then(|| {
+            self.compile_cache_dir
+                .clone()
+                .unwrap_or_else(|| locations.compile_cache_dir.clone())
+        });
         config.compile_cache_bytes = self.compile_cache_mb.saturating_mul(1024 * 1024);
     }
 }
@@ -565,8 +575,28 @@ async fn start_worker(
     broker_args: &BrokerArgs,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, BoxError> {
+    // Root's machine-wide locations, or a normal user's own (worker/src/paths.rs).
+    let locations = Locations::for_this_process();
+    let run_dir = tuning
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| locations.run_dir.clone());
+    let slot_dir = tuning
+        .slot_dir
+        .clone()
+        .unwrap_or_else(|| locations.slot_dir.clone());
+    if locations.is_private(&run_dir) || locations.is_private(&slot_dir) {
+        locations.prepare_private_root()?;
+    }
+    tracing::info!(
+        run_dir = %run_dir.display(),
+        slot_dir = %slot_dir.display(),
+        "locations: {}",
+        locations.reason
+    );
     let sandbox_config = SandboxConfig {
         favor_dynmods: !tuning.no_favordynmods,
+        base_dir: run_dir,
         ..SandboxConfig::default()
     };
     // Start-up sweep: run dirs a crashed worker left behind (blocking: they can be huge).
@@ -588,7 +618,21 @@ async fn start_worker(
     config.consumer = format!("{}-{}", hostname(), std::process::id());
     config.grace = Duration::from_secs(tuning.grace_secs);
     config.max_redeliveries = tuning.max_redeliveries;
-    compile.apply(&mut config);
+    config.slot_dir = slot_dir;
+    compile.apply(&mut config, &locations);
+    if let Some(dir) = config.compile_cache_dir.clone() {
+        let prepared = tokio::task::spawn_blocking(move || {
+            verdict_sandbox::dirs::ensure_own_dir(&dir, 0o700, "compile cache").map(|()| dir)
+        })
+        .await?;
+        match prepared {
+            Ok(dir) => tracing::info!(dir = %dir.display(), "compile cache"),
+            Err(e) => {
+                tracing::warn!(error = %e, "compile cache off (set --compile-cache-dir)");
+                config.compile_cache_dir = None;
+            }
+        }
+    }
     // Renew four times per visibility timeout, so one slow renewal never loses the lease.
     config.lease_renewal = Duration::from_millis((broker_args.visibility_timeout_ms / 4).max(25));
     let worker = Worker::new(broker, Arc::new(sandbox), catalogue, config)?;

@@ -5,6 +5,7 @@ mod cache;
 mod error;
 mod job;
 pub mod judge;
+pub mod paths;
 mod slots;
 
 use std::path::PathBuf;
@@ -31,7 +32,8 @@ pub struct WorkerConfig {
     pub consumer: String,
     /// Limits of the compile step (the language's `compile_limits` add to these).
     pub compile_limits: Limits,
-    /// Where slot lock files live (shared by all workers of one machine).
+    /// Where slot lock files live (shared by all workers of one machine and uid; default:
+    /// [`paths::Locations`]).
     pub slot_dir: PathBuf,
     /// On shutdown, how long running jobs may take to finish.
     pub grace: Duration,
@@ -58,9 +60,9 @@ impl Default for WorkerConfig {
                 output_bytes: 256 * 1024,
                 processes: 64,
             },
-            slot_dir: PathBuf::from("/tmp/verdict-slots"),
+            slot_dir: paths::Locations::for_this_process().slot_dir,
             grace: Duration::from_secs(30),
-            compile_cache_dir: Some(PathBuf::from(cache::DEFAULT_DIR)),
+            compile_cache_dir: Some(paths::Locations::for_this_process().compile_cache_dir),
             compile_cache_bytes: 1024 * 1024 * 1024,
             max_redeliveries: 3,
             lease_renewal: Duration::from_secs(2),
