@@ -9,6 +9,8 @@ mod error;
 mod hub;
 mod latency;
 mod memory;
+mod once;
+mod problems;
 mod quota;
 mod redis;
 mod retention;
@@ -28,6 +30,7 @@ pub use error::{BrokerError, Result};
 pub use hub::{LiveEvents, Signal};
 pub use latency::{Histogram, LATENCY_BUCKETS};
 pub use memory::MemoryBroker;
+pub use problems::*;
 pub use quota::{ConnectionCount, RedisQuota};
 pub use redis::{RedisBroker, RedisSettings};
 pub use types::*;
@@ -119,8 +122,15 @@ pub trait Broker: Send + Sync + 'static {
     async fn finish(&self, submission: &Submission) -> Result<Option<Event>>;
 
     /// At most `limit` logged events with `seq > after`, in order. Paged so a subscriber
-    /// catching up on a huge log never holds all of it at once.
+    /// catching up on a huge log never holds all of it at once. TestFinishedEvent and
+    /// FinishedEvent come as stored, without their outputs ([`Event::outputs_in_record`]):
+    /// [`Broker::outputs`] has them, read only when someone wants them.
     async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>>;
+
+    /// The outputs a stored event refers to: for `test: Some(k)`, test k's result while
+    /// the final record does not hold it yet (or never will, after a cancel), else the
+    /// final record. Each output byte is stored once, here.
+    async fn outputs(&self, id: &str, test: Option<u32>) -> Result<Outputs>;
 
     /// Joins the live feed of `id`. Anything published after this returns is delivered.
     async fn subscribe(&self, id: &str) -> Result<LiveEvents>;
@@ -173,6 +183,21 @@ pub trait Broker: Send + Sync + 'static {
     fn reconnects(&self) -> u64 {
         0
     }
+}
+
+/// Puts the outputs back into a stored event ([`Event::outputs_in_record`]) from the
+/// record, so it reads exactly as the live event did. A no-op for complete events.
+pub async fn fill(broker: &dyn Broker, event: &mut Event) -> Result<()> {
+    if !event.outputs_in_record {
+        return Ok(());
+    }
+    let test = match &event.kind {
+        EventKind::TestFinished { result } => Some(result.index),
+        _ => None,
+    };
+    let outputs = broker.outputs(&event.submission_id, test).await?;
+    event.fill(&outputs);
+    Ok(())
 }
 
 /// A worker as seen through its heartbeats.

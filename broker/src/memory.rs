@@ -2,7 +2,7 @@
 //! Redis backend, held in this process. A product feature, not a test double: the broker
 //! contract tests run against it and against Redis alike.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -13,10 +13,9 @@ use tokio::sync::Notify;
 use crate::error::{BrokerError, Result};
 use crate::hub::{Hub, LiveEvents, HUB_CAPACITY};
 use crate::latency::{Histogram, JobLatency};
+use crate::once;
 use crate::retention;
-use crate::types::{
-    wire_name, Event, EventKind, Job, Status, Submission, TestResult, EVENT_OUTPUT_CAP,
-};
+use crate::types::{wire_name, Event, EventKind, Job, Outputs, Status, Submission, TestResult};
 use crate::{Broker, BrokerSettings, Delivery, QueueStats, Toolchains, WorkerInfo, WORKER_STALE};
 
 /// Heap bytes assumed for an event or a record beside its text: the estimate the memory
@@ -38,28 +37,20 @@ fn submission_size(s: &Submission) -> usize {
         + s.tests.iter().map(result_size).sum::<usize>()
 }
 
-/// The record plus its FinishedEvent copy (outputs cut to [`EVENT_OUTPUT_CAP`] a stream),
-/// without building the copy.
+/// The final record plus the log's FinishedEvent, which refers to the record instead
+/// of copying it.
 fn final_size(s: &Submission) -> usize {
-    let copied: usize = s
-        .tests
-        .iter()
-        .map(|t| t.stdout.len().min(EVENT_OUTPUT_CAP) + t.stderr.len().min(EVENT_OUTPUT_CAP))
-        .sum();
-    let text: usize = s
-        .tests
-        .iter()
-        .map(|t| t.stdout.len() + t.stderr.len())
-        .sum();
-    2 * submission_size(s) + EVENT_OVERHEAD + copied - text
+    submission_size(s) + EVENT_OVERHEAD
 }
 
+/// What an event adds where it is kept: the log's copy, plus for TestFinishedEvent the
+/// result with its output, kept beside the log until the final record takes it over.
 fn event_size(kind: &EventKind) -> usize {
     EVENT_OVERHEAD
         + match kind {
             EventKind::Output { chunk, .. } => chunk.len(),
-            EventKind::TestFinished { result } => result_size(result),
-            EventKind::Finished { submission } => submission_size(submission),
+            EventKind::TestFinished { result } => RESULT_OVERHEAD + result_size(result),
+            EventKind::Finished { .. } => 0,
             _ => 0,
         }
 }
@@ -72,7 +63,11 @@ struct Record {
     submission: Submission,
     seq: u64,
     done: bool,
+    /// The log, as stored: TestFinishedEvent and FinishedEvent without their outputs.
     log: Vec<Event>,
+    /// The results (with output) of finished tests, by index, until the final record
+    /// holds them: what the log's TestFinishedEvents refer to meanwhile.
+    results: BTreeMap<u32, TestResult>,
     expires: Instant,
     /// Estimated bytes of the log.
     log_bytes: u64,
@@ -221,7 +216,8 @@ impl MemoryBroker {
         Self::expire(state, now);
     }
 
-    /// Appends to the log; returns the event and the bytes it added to the log.
+    /// Appends to the log (the stored copy; a test result's output goes beside it);
+    /// returns the complete event and the bytes it added.
     fn append(&self, record: &mut Record, kind: EventKind) -> (Event, u64) {
         let size = to_u64(event_size(&kind));
         record.log_bytes += size;
@@ -235,10 +231,60 @@ impl MemoryBroker {
             seq: record.seq,
             submission_id: record.submission.id.clone(),
             at: Utc::now(),
+            outputs_in_record: false,
+            slice: None,
             kind,
         };
-        record.log.push(event.clone());
+        record.log.push(event.stored());
+        let mut event = event;
+        if let EventKind::TestFinished { result } = &mut event.kind {
+            // Kept whole beside the log; subscribers get the event's cut copy.
+            let live = result.for_event();
+            record
+                .results
+                .insert(result.index, std::mem::replace(result, live));
+        }
         (event, size)
+    }
+
+    /// Turns the log's OutputEvents of the run the final record holds into references
+    /// into it (see [`crate::once`]); returns the chunk bytes that left the log.
+    fn refer_to_record(record: &mut Record) -> usize {
+        // The chunks of each test's last run: a RunningEvent starts a test's run afresh.
+        let mut chunks: Vec<(usize, once::Chunk)> = Vec::new();
+        for (i, event) in record.log.iter().enumerate() {
+            match &event.kind {
+                EventKind::Running { test, .. } => chunks.retain(|(_, c)| c.test != *test),
+                EventKind::Output {
+                    test,
+                    stream,
+                    chunk,
+                } if !event.outputs_in_record => chunks.push((
+                    i,
+                    once::Chunk {
+                        seq: event.seq,
+                        test: *test,
+                        stream: *stream,
+                        len: chunk.len(),
+                        hash: once::hash(chunk),
+                    },
+                )),
+                _ => {}
+            }
+        }
+        let at: HashMap<u64, usize> = chunks.iter().map(|(i, c)| (c.seq, *i)).collect();
+        let plain: Vec<once::Chunk> = chunks.into_iter().map(|(_, c)| c).collect();
+        let mut moved = 0;
+        for (seq, offset) in once::offsets(&plain, &record.submission) {
+            let Some(&i) = at.get(&seq) else { continue };
+            if let Some(reference) = record.log[i].chunk_ref(offset) {
+                if let EventKind::Output { chunk, .. } = &record.log[i].kind {
+                    moved += chunk.len();
+                }
+                record.log[i] = reference;
+            }
+        }
+        moved
     }
 
     /// Room the log still has for output-bearing events (`None`: no cap).
@@ -273,6 +319,7 @@ impl Broker for MemoryBroker {
                 seq: 0,
                 done: false,
                 log: Vec::new(),
+                results: BTreeMap::new(),
                 expires: now + self.settings.ttl,
                 log_bytes: 0,
                 bytes: record_bytes,
@@ -320,7 +367,10 @@ impl Broker for MemoryBroker {
                     match &mut kind {
                         EventKind::TestFinished { result } => {
                             retention::fit_tests(std::slice::from_mut(result), room, |t| {
-                                EVENT_OVERHEAD + t.iter().map(result_size).sum::<usize>()
+                                EVENT_OVERHEAD
+                                    + t.iter()
+                                        .map(|r| RESULT_OVERHEAD + result_size(r))
+                                        .sum::<usize>()
                             });
                         }
                         // Live output over the budget is not kept: the record has it.
@@ -373,9 +423,19 @@ impl Broker for MemoryBroker {
             }
             let mut last = submission.clone();
             last.status = Status::Finished;
+            // The record takes over the results it holds: their separate copies go.
+            let mut freed = 0;
+            for test in &last.tests {
+                if let Some(r) = record.results.remove(&test.index) {
+                    freed += to_u64(result_size(&r));
+                }
+            }
+            record.log_bytes = record.log_bytes.saturating_sub(freed);
+            record.bytes = record.bytes.saturating_sub(freed);
+            *retained = retained.saturating_sub(freed);
             let cap = self.settings.max_retained_bytes_per_submission;
             if cap > 0 {
-                // The record and its FinishedEvent copy share what the log left over.
+                // The record and its FinishedEvent share what the log left over.
                 let room =
                     usize::try_from(cap.saturating_sub(record.log_bytes)).unwrap_or(usize::MAX);
                 retention::fit_submission(&mut last, room, final_size);
@@ -389,14 +449,31 @@ impl Broker for MemoryBroker {
                 },
             );
             record.submission = last;
-            record.bytes = (record.bytes + new).saturating_sub(old);
-            *retained = (*retained + size + new).saturating_sub(old);
+            let moved = to_u64(Self::refer_to_record(record));
+            record.log_bytes = record.log_bytes.saturating_sub(moved);
+            record.bytes = (record.bytes + new).saturating_sub(old + moved);
+            *retained = (*retained + size + new).saturating_sub(old + moved);
             finished.push_back(submission.id.clone());
             self.evict(&mut guard);
             event
         };
         self.hub.deliver(event.clone());
         Ok(Some(event))
+    }
+
+    async fn outputs(&self, id: &str, test: Option<u32>) -> Result<Outputs> {
+        let state = self.state();
+        let Some(record) = state.records.get(id).filter(|r| r.expires > Instant::now()) else {
+            return Ok(Outputs::Gone);
+        };
+        if let Some(result) = test.and_then(|k| record.results.get(&k)) {
+            return Ok(Outputs::Test(result.clone()));
+        }
+        Ok(if record.done {
+            Outputs::Record(record.submission.clone())
+        } else {
+            Outputs::Gone
+        })
     }
 
     async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {

@@ -1,10 +1,14 @@
 //! The distributed backend on Redis (fred 10).
 //!
 //! Keys, per submission `{id}`:
-//! - `verdict:sub:{id}`: hash with `record` (JSON), `status`, `seq` (last event number)
-//!   and `done` (set once by the first final write);
-//! - `verdict:log:{id}`: list of event JSON, index = seq - 1;
-//! - channel `verdict:ch:{id}`: the same event JSON, published live.
+//! - `verdict:sub:{id}`: hash with `record` (JSON), `status`, `seq` (last event number),
+//!   `done` (set once by the first final write), `bytes` (what the log and the results
+//!   hold, for the per-submission cap) and `t:{k}`: test k's result with its output,
+//!   from its TestFinishedEvent until the final record holds it;
+//! - `verdict:log:{id}`: list of event JSON, index = seq - 1, as stored: TestFinishedEvent
+//!   and FinishedEvent without their outputs (`outputs_in_record`), which are in `t:{k}`
+//!   or the record, so each output byte is kept once;
+//! - channel `verdict:ch:{id}`: the complete event JSON, published live.
 //!
 //! The job queue is the stream `verdict:jobs`, read through the consumer group
 //! `verdict-workers`. Each write that makes an event (submit, publish, finish) is one Lua
@@ -29,8 +33,9 @@ use tokio::sync::{mpsc, OnceCell};
 use crate::error::{BrokerError, Result};
 use crate::hub::{Control, Hub, LiveEvents, HUB_CAPACITY};
 use crate::latency::{micros, Histogram, JobLatency};
+use crate::once;
 use crate::retention;
-use crate::types::{wire_name, Event, EventKind, Job, Submission};
+use crate::types::{wire_name, Event, EventKind, Job, Outputs, Submission, TestResult};
 use crate::{Broker, BrokerSettings, Delivery, QueueStats, Toolchains, WorkerInfo, WORKER_STALE};
 
 const GROUP: &str = "workers";
@@ -163,39 +168,59 @@ end
 return {}
 "#;
 
+/// Appends the stored event ARGV[1] and publishes the live one: ARGV[6] ('' = the
+/// stored one), followed by the result JSON ARGV[8] and `}` when ARGV[9] is '1' (so the
+/// output travels once). ARGV[7]: the index k of a finished test, whose result ARGV[8]
+/// goes to the record's `t:k` field ('' = none).
 const PUBLISH_LUA: &str = r#"
 if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return {-1} end
 if redis.call('HGET', KEYS[1], 'done') == '1' then return {0} end
 local limit = tonumber(ARGV[5])
 if limit > 0 then
   local used = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
-  if used + #ARGV[1] > limit then return {-2, used} end
+  if used + #ARGV[1] + #ARGV[8] > limit then return {-2, used} end
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local ev = '{"seq":' .. seq .. string.sub(ARGV[1], 9)
-redis.call('HINCRBY', KEYS[1], 'bytes', #ev)
+local head = '{"seq":' .. seq
+local ev = head .. string.sub(ARGV[1], 9)
+redis.call('HINCRBY', KEYS[1], 'bytes', #ev + #ARGV[8])
 redis.call('RPUSH', KEYS[2], ev)
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 't:' .. ARGV[7], ARGV[8]) end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[3]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[2], ev)
+local live = ev
+if ARGV[6] ~= '' then
+  live = head .. string.sub(ARGV[6], 9)
+  if ARGV[9] == '1' then live = live .. ARGV[8] .. '}' end
+end
+redis.call('PUBLISH', ARGV[2], live)
 return {seq}
 "#;
 
 /// ARGV[11]: the most bytes the log, the final record and FinishedEvent may take
 /// together (0 = no check); over it the reply is {-2, bytes in the log} and nothing is
-/// written, so the caller can cut the record and try again.
+/// written, so the caller can cut the record and try again. ARGV[1] is the stored
+/// FinishedEvent (no outputs); the live one is ARGV[12], followed by the record ARGV[3]
+/// and `}` when ARGV[13] is '1'. ARGV[14] = n, ARGV[15..14+n]: the indices of the tests
+/// the record holds, whose `t:k` results it replaces; then pairs (log index, JSON) of
+/// OutputEvents that become references into the record (see `once`).
 const FINISH_LUA: &str = r#"
 if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return {-1} end
 if redis.call('HGET', KEYS[1], 'done') == '1' then return {0} end
 local limit = tonumber(ARGV[11])
+local n = tonumber(ARGV[14])
 if limit > 0 then
   local used = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+  for i = 15, 14 + n do used = used - redis.call('HSTRLEN', KEYS[1], 't:' .. ARGV[i]) end
   if used + #ARGV[1] + #ARGV[3] > limit then return {-2, used} end
 end
 redis.call('HSET', KEYS[1], 'done', '1')
+for i = 15, 14 + n do redis.call('HDEL', KEYS[1], 't:' .. ARGV[i]) end
+for i = 15 + n, #ARGV - 1, 2 do redis.call('LSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local ev = '{"seq":' .. seq .. string.sub(ARGV[1], 9)
+local head = '{"seq":' .. seq
+local ev = head .. string.sub(ARGV[1], 9)
 redis.call('RPUSH', KEYS[2], ev)
 redis.call('HSET', KEYS[1], 'record', ARGV[3], 'status', 'FINISHED')
 if ARGV[6] == '1' then
@@ -212,7 +237,9 @@ if ARGV[9] ~= '' then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[2], ev)
+local live = head .. string.sub(ARGV[12], 9)
+if ARGV[13] == '1' then live = live .. ARGV[3] .. '}' end
+redis.call('PUBLISH', ARGV[2], live)
 return {seq}
 "#;
 
@@ -261,7 +288,14 @@ pub struct RedisBroker {
     last_reclaim: std::sync::Mutex<Option<std::time::Instant>>,
     /// Reconnects of any of this process's Redis connections, for /metrics.
     reconnects: Arc<AtomicU64>,
+    /// The OutputEvents this process logged per unfinished submission (see [`once`]).
+    chunks: std::sync::Mutex<HashMap<String, TrackedChunks>>,
 }
+
+type TrackedChunks = Vec<(once::Chunk, chrono::DateTime<Utc>)>;
+
+/// Unfinished submissions whose chunks one process tracks at most.
+const TRACKED_MAX: usize = 4096;
 
 /// Counts `client`'s reconnects into `counter` for as long as the client lives.
 fn count_reconnects(client: &impl EventInterface, counter: &Arc<AtomicU64>) {
@@ -335,6 +369,7 @@ impl RedisBroker {
             inherited: std::sync::Mutex::new(HashMap::new()),
             last_reclaim: std::sync::Mutex::new(None),
             reconnects,
+            chunks: std::sync::Mutex::new(HashMap::new()),
         });
         broker.ensure_group().await?;
         tokio::spawn(control_loop(
@@ -383,6 +418,57 @@ impl RedisBroker {
         let json = serde_json::to_string(event)?;
         debug_assert!(json.starts_with(SEQ_PLACEHOLDER));
         Ok(json)
+    }
+
+    /// The live event's placeholder JSON for a script that also gets `part` (a result or
+    /// record JSON): when the live event ends with `part` and `}`, only what comes before
+    /// it, and "1" (the script appends `part` and `}`), so the output travels once; else
+    /// all of it and "0".
+    fn live_json(event: &Event, part: &str) -> Result<(String, String)> {
+        let mut json = Self::placeholder(event)?;
+        let body = json.len().saturating_sub(1);
+        if json.ends_with('}')
+            && json[..body].ends_with(part)
+            && body - part.len() >= SEQ_PLACEHOLDER.len()
+        {
+            json.truncate(body - part.len());
+            return Ok((json, "1".to_owned()));
+        }
+        Ok((json, "0".to_owned()))
+    }
+
+    /// The publish script's arguments after the status: the stored event, and for a
+    /// finished test its index and result (whole: the record side keeps it).
+    fn publish_args(event: &Event, limit: u64) -> Result<(String, Vec<String>)> {
+        let stored = Self::placeholder(&event.stored())?;
+        let EventKind::TestFinished { result } = &event.kind else {
+            let rest = vec![
+                limit.to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ];
+            return Ok((stored, rest));
+        };
+        let full = serde_json::to_string(result)?;
+        let live = Event {
+            kind: EventKind::TestFinished {
+                result: result.for_event(),
+            },
+            ..event.clone()
+        };
+        let (live, concat) = Self::live_json(&live, &full)?;
+        Ok((
+            stored,
+            vec![
+                limit.to_string(),
+                live,
+                result.index.to_string(),
+                full,
+                concat,
+            ],
+        ))
     }
 }
 
@@ -478,6 +564,94 @@ impl RedisBroker {
             (Some(n), _) if n > 0 => Ok(Appended::Stored(n.unsigned_abs())),
             _ => Err(BrokerError::Closed),
         }
+    }
+
+    /// Notes an OutputEvent this process logged, so the final write can turn it into a
+    /// reference into the record; a RunningEvent starts its test's run afresh.
+    fn track(&self, event: &Event) {
+        let mut chunks = self
+            .chunks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &event.kind {
+            EventKind::Output {
+                test,
+                stream,
+                chunk,
+            } => {
+                if !chunks.contains_key(&event.submission_id) && chunks.len() >= TRACKED_MAX {
+                    // Submissions this process never finished (crashed runs): forget one.
+                    if let Some(old) = chunks.keys().next().cloned() {
+                        chunks.remove(&old);
+                    }
+                }
+                chunks
+                    .entry(event.submission_id.clone())
+                    .or_default()
+                    .push((
+                        once::Chunk {
+                            seq: event.seq,
+                            test: *test,
+                            stream: *stream,
+                            len: chunk.len(),
+                            hash: once::hash(chunk),
+                        },
+                        event.at,
+                    ));
+            }
+            EventKind::Running { test, .. } => {
+                if let Some(list) = chunks.get_mut(&event.submission_id) {
+                    list.retain(|(c, _)| c.test != *test);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn forget_chunks(&self, id: &str) {
+        self.chunks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+    }
+
+    /// The finish script's (log index, reference JSON) pairs for the chunks this process
+    /// logged that are exactly the record's text.
+    fn chunk_refs(&self, record: &Submission) -> Result<Vec<String>> {
+        let list: Vec<(once::Chunk, chrono::DateTime<Utc>)> = self
+            .chunks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&record.id)
+            .cloned()
+            .unwrap_or_default();
+        if list.is_empty() {
+            return Ok(Vec::new());
+        }
+        let plain: Vec<once::Chunk> = list.iter().map(|(c, _)| *c).collect();
+        let at: HashMap<u64, (once::Chunk, chrono::DateTime<Utc>)> =
+            list.into_iter().map(|(c, t)| (c.seq, (c, t))).collect();
+        let mut args = Vec::new();
+        for (seq, offset) in once::offsets(&plain, record) {
+            let Some((c, at)) = at.get(&seq) else {
+                continue;
+            };
+            let reference = Event {
+                seq,
+                submission_id: record.id.clone(),
+                at: *at,
+                outputs_in_record: true,
+                slice: Some([offset, c.len]),
+                kind: EventKind::Output {
+                    test: c.test,
+                    stream: c.stream,
+                    chunk: String::new(),
+                },
+            };
+            args.push(seq.saturating_sub(1).to_string());
+            args.push(serde_json::to_string(&reference)?);
+        }
+        Ok(args)
     }
 
     fn cap(&self) -> u64 {
@@ -688,6 +862,8 @@ impl Broker for RedisBroker {
             seq: 0,
             submission_id: id.clone(),
             at: Utc::now(),
+            outputs_in_record: false,
+            slice: None,
             kind: EventKind::Queued { position: None },
         };
         let record = serde_json::to_string(&job.submission)?;
@@ -760,23 +936,23 @@ impl Broker for RedisBroker {
             seq: 0,
             submission_id: id.to_owned(),
             at: Utc::now(),
+            outputs_in_record: false,
+            slice: None,
             kind,
         };
         loop {
-            let json = Self::placeholder(&event)?;
+            let (json, args) = Self::publish_args(&event, limit)?;
             let outcome = self
-                .append_event(
-                    &self.publish_script,
-                    id,
-                    json,
-                    status.clone(),
-                    vec![],
-                    vec![limit.to_string()],
-                )
+                .append_event(&self.publish_script, id, json, status.clone(), vec![], args)
                 .await?;
             let used = match outcome {
                 Appended::Stored(seq) => {
                     event.seq = seq;
+                    self.track(&event);
+                    // What subscribers were sent.
+                    if let EventKind::TestFinished { result } = &mut event.kind {
+                        *result = result.for_event();
+                    }
                     return Ok(Some(event));
                 }
                 Appended::Finished => return Ok(None),
@@ -814,6 +990,8 @@ impl Broker for RedisBroker {
             seq: 0,
             submission_id: id.clone(),
             at: Utc::now(),
+            outputs_in_record: false,
+            slice: None,
             kind: EventKind::Finished {
                 submission: Box::new(last.for_event()),
             },
@@ -838,20 +1016,29 @@ impl Broker for RedisBroker {
             }
         }
         let mut limit = cap;
-        let (mut record, mut json) = (record, Self::placeholder(&event)?);
+        let mut record = record;
         loop {
+            let json = Self::placeholder(&event.stored())?;
+            let (live, concat) = Self::live_json(&event, &record)?;
             let mut more = args.clone();
-            more.push(limit.to_string());
+            more.extend([limit.to_string(), live, concat]);
+            more.push(last.tests.len().to_string());
+            more.extend(last.tests.iter().map(|t| t.index.to_string()));
+            more.extend(self.chunk_refs(&last)?);
             let outcome = self
                 .append_event(&self.finish_script, id, json, record, keys.clone(), more)
                 .await?;
             let used = match outcome {
                 Appended::Stored(seq) => {
+                    self.forget_chunks(id);
                     let mut event = event;
                     event.seq = seq;
                     return Ok(Some(event));
                 }
-                Appended::Finished => return Ok(None),
+                Appended::Finished => {
+                    self.forget_chunks(id);
+                    return Ok(None);
+                }
                 Appended::OverBudget(used) => used,
             };
             // Cut the record's outputs so it and its FinishedEvent fit what the log
@@ -863,8 +1050,10 @@ impl Broker for RedisBroker {
                     seq: 0,
                     submission_id: sid.clone(),
                     at,
+                    outputs_in_record: true,
+                    slice: None,
                     kind: EventKind::Finished {
-                        submission: Box::new(s.for_event()),
+                        submission: Submission::reference(),
                     },
                 };
                 let record = serde_json::to_string(s).map_or(usize::MAX, |j| j.len());
@@ -877,8 +1066,25 @@ impl Broker for RedisBroker {
                 submission: Box::new(last.for_event()),
             };
             record = serde_json::to_string(&last)?;
-            json = Self::placeholder(&event)?;
             limit = 0;
+        }
+    }
+
+    async fn outputs(&self, id: &str, test: Option<u32>) -> Result<Outputs> {
+        let field = test.map_or_else(String::new, |k| format!("t:{k}"));
+        let (result, record, done): (Option<String>, Option<String>, Option<String>) = self
+            .client
+            .hmget(
+                self.names.record(id),
+                vec![field.as_str(), "record", "done"],
+            )
+            .await?;
+        if let Some(result) = result.filter(|_| test.is_some()) {
+            return Ok(Outputs::Test(serde_json::from_str::<TestResult>(&result)?));
+        }
+        match (record, done.as_deref()) {
+            (Some(record), Some("1")) => Ok(Outputs::Record(serde_json::from_str(&record)?)),
+            _ => Ok(Outputs::Gone),
         }
     }
 

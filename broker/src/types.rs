@@ -140,6 +140,15 @@ fn cap_text(text: &str) -> (String, bool) {
 }
 
 impl TestResult {
+    /// This result without stdout and stderr (what the log's TestFinishedEvent keeps).
+    pub fn without_output(&self) -> TestResult {
+        TestResult {
+            stdout: String::new(),
+            stderr: String::new(),
+            ..self.clone()
+        }
+    }
+
     /// This result with stdout and stderr cut to [`EVENT_OUTPUT_CAP`]; `truncated` is set
     /// when anything was cut.
     pub fn for_event(&self) -> TestResult {
@@ -219,6 +228,34 @@ impl Submission {
         copy
     }
 
+    /// What the log's FinishedEvent holds in place of the record: nothing (an empty id;
+    /// it is not serialized). [`Event::fill`] puts the record back.
+    pub fn reference() -> Box<Submission> {
+        Box::new(Submission {
+            id: String::new(),
+            owner: None,
+            language: String::new(),
+            status: Status::Finished,
+            verdict: None,
+            created_at: DateTime::UNIX_EPOCH,
+            started_at: None,
+            finished_at: None,
+            compile_output: None,
+            tests: Vec::new(),
+            time_ms: None,
+            memory_kb: None,
+            test_count: 0,
+            message: None,
+            compile_cached: false,
+        })
+    }
+
+    /// True for [`Submission::reference`].
+    #[allow(clippy::borrowed_box)] // the signature serde's skip_serializing_if needs
+    pub fn is_reference(s: &Box<Submission>) -> bool {
+        s.id.is_empty()
+    }
+
     /// Marks the record finished with `verdict`, filling the aggregate time and memory.
     pub fn finish(&mut self, verdict: Verdict) {
         self.status = Status::Finished;
@@ -260,6 +297,12 @@ pub enum EventKind {
         result: TestResult,
     },
     Finished {
+        /// Left out of the log's copy ([`Event::outputs_in_record`]): the final record is
+        /// exactly what the live event carried (cut to [`EVENT_OUTPUT_CAP`] a stream).
+        #[serde(
+            default = "Submission::reference",
+            skip_serializing_if = "Submission::is_reference"
+        )]
         submission: Box<Submission>,
     },
 }
@@ -286,6 +329,18 @@ pub struct Event {
     pub seq: u64,
     pub submission_id: String,
     pub at: DateTime<Utc>,
+    /// True for the log's copy of a TestFinishedEvent or FinishedEvent: its outputs
+    /// (each test's stdout and stderr, the compile output) are not in it but in the
+    /// record, where they are stored once ([`Event::stored`]). Read them with
+    /// [`crate::Broker::outputs`] (or [`crate::fill`]) before showing the event. Live
+    /// events (Pub/Sub, the returned value of `publish` and `finish`) are complete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outputs_in_record: bool,
+    /// For the log's copy of an OutputEvent of a finished submission whose chunk is the
+    /// record's text of that test and stream at `[offset, offset + len)` (bytes): the
+    /// chunk is left out (`outputs_in_record`), the record has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<[usize; 2]>,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -295,4 +350,127 @@ impl Event {
     pub fn is_final(&self) -> bool {
         matches!(self.kind, EventKind::Finished { .. })
     }
+
+    /// The copy the event log keeps: a TestFinishedEvent without its result's stdout and
+    /// stderr, a FinishedEvent without the record (which is all it carries), marked
+    /// [`Event::outputs_in_record`]. Other events are kept as they are (OutputEvents
+    /// become references only once the final record holds their text: [`Event::chunk_ref`]).
+    pub fn stored(&self) -> Event {
+        let kind = match &self.kind {
+            EventKind::TestFinished { result } => EventKind::TestFinished {
+                result: result.without_output(),
+            },
+            EventKind::Finished { .. } => EventKind::Finished {
+                submission: Submission::reference(),
+            },
+            _ => return self.clone(),
+        };
+        Event {
+            seq: self.seq,
+            submission_id: self.submission_id.clone(),
+            at: self.at,
+            outputs_in_record: true,
+            slice: None,
+            kind,
+        }
+    }
+
+    /// The log's copy of this OutputEvent once the record holds its chunk at `offset`
+    /// of the same test and stream.
+    pub fn chunk_ref(&self, offset: usize) -> Option<Event> {
+        let EventKind::Output {
+            test,
+            stream,
+            chunk,
+        } = &self.kind
+        else {
+            return None;
+        };
+        Some(Event {
+            seq: self.seq,
+            submission_id: self.submission_id.clone(),
+            at: self.at,
+            outputs_in_record: true,
+            slice: Some([offset, chunk.len()]),
+            kind: EventKind::Output {
+                test: *test,
+                stream: *stream,
+                chunk: String::new(),
+            },
+        })
+    }
+
+    /// Puts the outputs back into a stored event from what the record holds, exactly as
+    /// the live event carried them (cut to [`EVENT_OUTPUT_CAP`] a stream). An event that
+    /// is not stored by reference, or whose outputs are gone, is left as it is.
+    pub fn fill(&mut self, outputs: &Outputs) {
+        if !self.outputs_in_record {
+            return;
+        }
+        match (&mut self.kind, outputs) {
+            (EventKind::TestFinished { result }, Outputs::Test(full)) => {
+                *result = TestResult {
+                    stdout: full.stdout.clone(),
+                    stderr: full.stderr.clone(),
+                    ..result.clone()
+                }
+                .for_event();
+            }
+            (EventKind::TestFinished { result }, Outputs::Record(record)) => {
+                if let Some(full) = record.tests.iter().find(|t| t.index == result.index) {
+                    *result = TestResult {
+                        stdout: full.stdout.clone(),
+                        stderr: full.stderr.clone(),
+                        ..result.clone()
+                    }
+                    .for_event();
+                } else {
+                    return;
+                }
+            }
+            (
+                EventKind::Output {
+                    test,
+                    stream,
+                    chunk,
+                },
+                Outputs::Record(record),
+            ) => {
+                let Some([offset, len]) = self.slice else {
+                    return;
+                };
+                let Some(full) = record.tests.iter().find(|t| t.index == *test) else {
+                    return;
+                };
+                let text = match stream {
+                    Stream::Stdout => &full.stdout,
+                    Stream::Stderr => &full.stderr,
+                };
+                let Some(part) = offset
+                    .checked_add(len)
+                    .and_then(|end| text.get(offset..end))
+                else {
+                    return;
+                };
+                part.clone_into(chunk);
+                self.slice = None;
+            }
+            (EventKind::Finished { submission }, Outputs::Record(record)) => {
+                **submission = record.for_event();
+            }
+            _ => return,
+        }
+        self.outputs_in_record = false;
+    }
+}
+
+/// Where the outputs of a stored event are, as [`crate::Broker::outputs`] finds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outputs {
+    /// The result of one finished test of a submission still running.
+    Test(TestResult),
+    /// The final record: every test's output and the compile output.
+    Record(Submission),
+    /// Expired, evicted, or never stored.
+    Gone,
 }

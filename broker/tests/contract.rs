@@ -783,3 +783,195 @@ async fn a_dead_workers_job_is_taken_back_once_its_heartbeat_stops() {
         broker.ack(&taken).await.expect("ack");
     }
 }
+
+/// MEMORY USAGE over a submission's keys (its record hash and its event log) on Redis.
+async fn redis_bytes(namespace: &str, id: &str) -> u64 {
+    use fred::prelude::*;
+    use fred::types::{ClusterHash, CustomCommand};
+    let client = Builder::from_config(Config::from_url(&redis_url()).expect("url"))
+        .build()
+        .expect("client");
+    client.init().await.expect("connect");
+    let mut total = 0;
+    for key in [
+        format!("{namespace}:sub:{id}"),
+        format!("{namespace}:log:{id}"),
+    ] {
+        let bytes: Option<u64> = client
+            .custom(
+                CustomCommand::new_static("MEMORY", ClusterHash::Random, false),
+                vec!["USAGE", key.as_str(), "SAMPLES", "0"],
+            )
+            .await
+            .expect("MEMORY USAGE");
+        total += bytes.unwrap_or(0);
+    }
+    let _ = client.quit().await;
+    total
+}
+
+/// `bytes` of program output made of numbered lines, like a program printing a table.
+fn program_output(bytes: usize) -> String {
+    let mut text = String::with_capacity(bytes + 16);
+    let mut k = 0u64;
+    while text.len() < bytes {
+        text.push_str(&format!("line {k} of the output\n"));
+        k += 1;
+    }
+    text.truncate(bytes);
+    text
+}
+
+/// Runs one submission the way a worker does (Running, live output in chunks of at most
+/// 64 KiB, TestFinished with the result, the final record), while a subscriber watches
+/// live. Returns the events the live subscriber got and the final record.
+async fn run_like_a_worker(
+    broker: &SharedBroker,
+    job: &Job,
+    stdout: &str,
+) -> (Vec<Event>, Submission) {
+    let id = job.submission.id.clone();
+    let mut live = broker.subscribe(&id).await.expect("subscribe");
+    let queued = broker.submit(job).await.expect("submit");
+    let mut sent = vec![queued];
+    let publish = |kind| {
+        let broker = Arc::clone(broker);
+        let id = id.clone();
+        async move {
+            broker
+                .publish(&id, kind)
+                .await
+                .expect("publish")
+                .expect("stored")
+        }
+    };
+    sent.push(publish(EventKind::Running { test: 1, tests: 1 }).await);
+    let mut rest = stdout;
+    while !rest.is_empty() {
+        let cut = rest.len().min(64 * 1024);
+        let (chunk, tail) = rest.split_at(cut);
+        sent.push(publish(output(chunk.to_owned())).await);
+        rest = tail;
+    }
+    let mut result = result_with(1, stdout.to_owned());
+    result.stderr = "a warning\n".into();
+    sent.push(
+        publish(EventKind::TestFinished {
+            result: result.for_event(),
+        })
+        .await,
+    );
+    let mut done = job.submission.clone();
+    done.compile_output = Some("compiled fine\n".into());
+    done.tests = vec![result];
+    done.finish(Verdict::Accepted);
+    sent.push(broker.finish(&done).await.expect("finish").expect("first"));
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        match tokio::time::timeout(Duration::from_secs(5), live.recv()).await {
+            Ok(Some(Signal::Event(event))) => got.push(Event::clone(&event)),
+            other => panic!("live feed: {other:?}"),
+        }
+    }
+    assert_eq!(
+        got, sent,
+        "live subscribers get what publish and finish returned"
+    );
+    (got, done)
+}
+
+/// Each output byte is stored once: the live OutputEvents in the log, each test's stdout
+/// and stderr in the record; the log's TestFinishedEvent and FinishedEvent refer to the
+/// record. A late subscriber, after filling them in, gets exactly what a live one got,
+/// and `submission(id)` the whole record. A 200 KB-output submission costs at most 1.3x
+/// its output (Redis MEMORY USAGE, and the embedded broker's own accounting), a small one
+/// at most 3 KiB.
+#[tokio::test]
+async fn output_is_stored_once_and_late_subscribers_see_the_same_events() {
+    const BIG: usize = 200 * 1000;
+    let namespace = namespace();
+    let redis: SharedBroker = RedisBroker::connect(RedisSettings {
+        url: redis_url(),
+        namespace: namespace.clone(),
+        broker: BrokerSettings::default(),
+    })
+    .await
+    .expect("connect");
+    let stdout = program_output(BIG);
+    for (name, size) in [("200 KB", BIG), ("small", 2)] {
+        let text = if size == BIG {
+            stdout.clone()
+        } else {
+            "1\n".to_owned()
+        };
+        let memory = MemoryBroker::new(BrokerSettings::default());
+        let backends: [(&str, SharedBroker); 2] =
+            [("memory", memory.clone()), ("redis", Arc::clone(&redis))];
+        for (backend, broker) in backends {
+            let job = job("print(1)");
+            let id = job.submission.id.clone();
+            let (live, done) = run_like_a_worker(&broker, &job, &text).await;
+            // A late subscriber: the same events, byte for byte, once filled in.
+            let replayed: Vec<Event> = watch(Arc::clone(&broker), &id, 0)
+                .await
+                .expect("watch")
+                .map(|e| e.expect("event"))
+                .collect()
+                .await;
+            assert_eq!(replayed.len(), live.len());
+            let by_ref = replayed.iter().filter(|e| e.outputs_in_record).count();
+            let chunks = live
+                .iter()
+                .filter(|e| matches!(&e.kind, EventKind::Output { chunk, .. } if chunk.len() >= 64))
+                .count();
+            assert_eq!(
+                by_ref,
+                chunks + 2,
+                "{backend}: the chunks (but tiny ones), TestFinished and Finished refer to the record"
+            );
+            let mut filled = Vec::new();
+            for mut event in replayed {
+                fill(broker.as_ref(), &mut event).await.expect("fill");
+                filled.push(event);
+            }
+            assert_eq!(
+                filled, live,
+                "{backend}: a late subscriber sees what a live one saw"
+            );
+            let EventKind::Finished { submission } = &filled[filled.len() - 1].kind else {
+                panic!("last is not Finished");
+            };
+            assert_eq!(submission.tests[0].stdout, text);
+            assert_eq!(
+                submission.compile_output.as_deref(),
+                Some("compiled fine\n")
+            );
+            let record = broker.submission(&id).await.expect("read").expect("exists");
+            assert_eq!(
+                record, done,
+                "{backend}: submission(id) is the whole record"
+            );
+
+            let bytes = if backend == "redis" {
+                redis_bytes(&namespace, &id).await
+            } else {
+                memory.retained_bytes()
+            };
+            println!(
+                "{backend}: a {name}-output submission keeps {bytes} bytes ({:.2}x its output)",
+                bytes as f64 / size as f64
+            );
+            if size == BIG {
+                assert!(
+                    bytes as f64 <= 1.3 * BIG as f64,
+                    "{backend}: {bytes} bytes for {BIG} of output"
+                );
+            } else {
+                assert!(
+                    bytes <= 3 * 1024,
+                    "{backend}: {bytes} bytes for a small submission"
+                );
+            }
+        }
+    }
+}
