@@ -27,7 +27,7 @@ use crate::auth::{AuthError, Caller};
 use crate::limits::Access;
 use crate::metrics::Rejection;
 use crate::schema::{ApiState, VerdictSchema};
-use crate::ws::{self, Protocol, PROTOCOLS};
+use crate::ws;
 
 /// Shared by every route.
 #[derive(Clone)]
@@ -35,6 +35,8 @@ pub struct AppState {
     pub schema: VerdictSchema,
     pub api: Arc<ApiState>,
     pub access: Arc<Access>,
+    /// Every WebSocket's task: `serve` waits for them (their close handshakes) on shutdown.
+    pub sockets: tokio_util::task::TaskTracker,
 }
 
 /// The router; a test can drive it without a socket.
@@ -403,12 +405,13 @@ async fn websocket_from(state: AppState, parts: &mut Parts) -> Response {
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
         .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .protocols(PROTOCOLS);
-    let protocol = upgrade
-        .selected_protocol()
-        .and_then(|p| p.to_str().ok())
-        .and_then(Protocol::from_name);
+        .max_frame_size(max_message);
+    // The client's order of preference, not ours (axum's `protocols` picks by ours).
+    let protocol = ws::negotiate(&parts.headers);
+    let mut upgrade = upgrade;
+    if let Some(p) = protocol {
+        upgrade.set_selected_protocol(HeaderValue::from_static(p.name()));
+    }
     let connection = ws::Connection {
         schema: state.schema.clone(),
         access: Arc::clone(&state.access),
@@ -418,7 +421,8 @@ async fn websocket_from(state: AppState, parts: &mut Parts) -> Response {
         caller,
         _slot: slot,
     };
-    upgrade.on_upgrade(move |socket| ws::serve(socket, protocol, connection))
+    let sockets = state.sockets.clone();
+    upgrade.on_upgrade(move |socket| sockets.track_future(ws::serve(socket, protocol, connection)))
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -87,12 +87,14 @@ pub fn state_with(
         schema: builder.finish(),
         api,
         access,
+        sockets: tokio_util::task::TaskTracker::new(),
     }
 }
 
 /// Serves on an already-bound listener (tests bind port 0) until `shutdown` fires.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let shutdown = state.api.shutdown.clone();
+    let sockets = state.sockets.clone();
     // The peer address feeds per-IP limits (rate when open, WebSocket connections).
     // Without TCP_NODELAY, Nagle + delayed ACK held each small event frame ~40 ms
     // (measured in BENCHMARKS.md): push latency is the product here.
@@ -106,5 +108,15 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
+    .await?;
+    // Upgraded sockets outlive axum's graceful shutdown: wait for their close handshakes
+    // (each bounded by ws::CLOSE_WAIT), so that every client sees 1001, not 1006.
+    sockets.close();
+    if tokio::time::timeout(ws::CLOSE_WAIT * 2, sockets.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(open = sockets.len(), "WebSockets still closing at shutdown");
+    }
+    Ok(())
 }

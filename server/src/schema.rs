@@ -32,7 +32,8 @@ pub struct ApiState {
     pub live_toolchains: LiveToolchains,
     pub policy: InputPolicy,
     pub metrics: Arc<Metrics>,
-    /// Fires on shutdown: open subscriptions complete instead of hanging.
+    /// Fires on shutdown: WebSockets close with 1001 (subscriptions never `complete`
+    /// because of it; clients resubscribe with `afterSeq`).
     pub shutdown: CancellationToken,
 }
 
@@ -655,7 +656,9 @@ impl SubscriptionRoot {
         .instrument(span.clone())
         .await?;
         let guard = s.metrics.subscription();
-        let shutdown = s.shutdown.clone().cancelled_owned();
+        // No `take_until(shutdown)`: a stream that ends on shutdown reads as `complete`
+        // without a verdict, and the client never resubscribes. On shutdown the socket
+        // closes with 1001 instead (ws.rs) and the client resumes with `afterSeq`.
         Ok(events
             .filter(move |item| {
                 let keep =
@@ -666,7 +669,6 @@ impl SubscriptionRoot {
                 let _alive = &guard;
                 item.map(SubmissionEvent::from)
                     .map_err(|e| span.in_scope(|| gql(e)))
-            })
-            .take_until(shutdown))
+            }))
     }
 }

@@ -20,8 +20,18 @@
 //! - 4429 a second `connection_init`, or (reason "Too many connections for this key") the
 //!   key already has its maximum of open connections: the reference client does not
 //!   retry 4429, which is what a quota wants
-//! - 1001 the server is shutting down (clients reconnect)
+//! - 1001 the server is shutting down (clients reconnect and resubscribe with `afterSeq`);
+//!   an unfinished subscription never gets `complete` on shutdown
 //! - 1009 a message larger than the cap
+//!
+//! Every close ends with the RFC 6455 close handshake: a client's Close frame is answered
+//! with a Close frame carrying its code (1000 → 1000) before the TCP connection ends, and
+//! after the server sends its own Close it reads on until the client's answer (at most
+//! [`CLOSE_WAIT`]). Dropping the socket instead shows the peer 1006, and the reference
+//! client in lazy mode then fails or backs off the subscription that starts next.
+//!
+//! The subprotocol is the first one in the client's `Sec-WebSocket-Protocol` list that we
+//! speak ([`negotiate`], RFC 6455 §4.2.2), echoed as the exact token.
 //!
 //! Too many operations on one connection is not fatal: that `subscribe` gets an `error`
 //! message with `extensions.code` RATE_LIMITED, and the connection stays open.
@@ -43,8 +53,11 @@ use crate::limits::{Access, KeySlot, WsSlot};
 use crate::metrics::Metrics;
 use crate::schema::VerdictSchema;
 
-/// The subprotocols we serve, in order of preference.
+/// The subprotocols we serve. The client's order of preference decides ([`negotiate`]).
 pub const PROTOCOLS: [&str; 2] = ["graphql-transport-ws", "graphql-ws"];
+
+/// How long a closing socket waits for the peer's half of the close handshake.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// A negotiated subprotocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +76,26 @@ impl Protocol {
             _ => None,
         }
     }
+
+    /// The token as it goes on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::TransportWs => "graphql-transport-ws",
+            Protocol::Legacy => "graphql-ws",
+        }
+    }
+}
+
+/// The subprotocol to answer with: the first token of the client's
+/// `Sec-WebSocket-Protocol` header(s), in the client's order, that we speak. Tokens are
+/// compared exactly (they are case-sensitive); unknown ones are skipped.
+pub fn negotiate(headers: &axum::http::HeaderMap) -> Option<Protocol> {
+    headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|token| Protocol::from_name(token.trim()))
 }
 
 /// Everything a connection needs.
@@ -86,8 +119,16 @@ enum Item {
 
 type Operations = StreamMap<String, BoxStream<'static, Item>>;
 
-/// Why the loop stops: a close code and reason, or the peer went away.
+/// Why the loop stops with an error: the close code and reason we send.
 struct Close(u16, String);
+
+/// How the connection loop ended.
+enum End {
+    /// The peer sent a Close frame: answer it.
+    PeerClosed,
+    /// The connection is gone (no close frame, or a failed read or write).
+    Gone,
+}
 
 impl Close {
     fn new(code: u16, reason: impl Into<String>) -> Self {
@@ -135,22 +176,46 @@ pub async fn serve(mut socket: WebSocket, protocol: Option<Protocol>, conn: Conn
         key_slot: None,
     };
     let result = state.run(&mut socket).await;
+    // The operations end before the handshake: nothing more is sent on this socket.
+    state.ops = StreamMap::new();
     match result {
+        Ok(End::PeerClosed) => answer_close(&mut socket).await,
+        Ok(End::Gone) => {}
         // 1006 is never sent (it means "no close frame"): the peer is gone already.
-        Err(Close(code, reason)) if code != ABNORMAL => {
+        Err(Close(ABNORMAL, _)) => {}
+        Err(Close(code, reason)) => {
             close(&mut socket, &state.conn.metrics, code, &reason).await;
         }
-        _ => {}
     }
 }
 
+/// Answers the peer's Close frame. tungstenite queued the answer (the peer's own code)
+/// when it read the frame; it goes out on the next write or flush, and `close` flushes.
+async fn answer_close(socket: &mut WebSocket) {
+    use futures_util::SinkExt as _;
+    let _ = tokio::time::timeout(CLOSE_WAIT, socket.close()).await;
+}
+
+/// Sends our Close frame, then reads until the peer's answer (or [`CLOSE_WAIT`]), so that
+/// the TCP connection ends only after both Close frames: the peer sees `code`, not 1006.
 async fn close(socket: &mut WebSocket, metrics: &Metrics, code: u16, reason: &str) {
     metrics.ws_closed(code);
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from(truncate(reason)),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        // Data frames after our Close are discarded; the peer's Close ends the exchange.
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 struct State {
@@ -164,13 +229,15 @@ struct State {
 }
 
 impl State {
-    /// The connection loop. Ok(()) when the peer left; Err(close) to close with a code.
-    async fn run(&mut self, socket: &mut WebSocket) -> Result<(), Close> {
+    /// The connection loop. Ok(end) when the peer closed or left; Err(close) to close
+    /// with a code.
+    async fn run(&mut self, socket: &mut WebSocket) -> Result<End, Close> {
         let limits = &self.conn.access.limits;
         let init_deadline = tokio::time::sleep(limits.connection_init_timeout);
         tokio::pin!(init_deadline);
         let keepalive_every = limits.keepalive.max(Duration::from_millis(100));
-        let shutdown = self.conn.shutdown.clone();
+        let shutdown = self.conn.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         let mut keepalive = tokio::time::interval_at(
             tokio::time::Instant::now() + keepalive_every,
             keepalive_every,
@@ -178,28 +245,32 @@ impl State {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // Events that are ready go out before a shutdown closes the socket: a
+                // stream that delivered its FinishedEvent still gets its `complete`.
+                // Streams never end because of shutdown; they just stop with the socket.
+                biased;
+                Some((id, item)) = self.ops.next(), if !self.ops.is_empty() => {
+                    self.on_item(socket, id, item).await?;
+                }
                 message = socket.recv() => match message {
-                    None => return Ok(()),
+                    None => return Ok(End::Gone),
                     Some(Err(e)) => {
                         // tungstenite reports an oversized message as a capacity error.
                         let text = e.to_string();
                         if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
                             return Err(Close::new(1009, "Message too big"));
                         }
-                        return Ok(());
+                        return Ok(End::Gone);
                     }
                     Some(Ok(Message::Text(text))) => self.on_text(socket, text.as_str()).await?,
                     Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
                         Ok(text) => self.on_text(socket, text).await?,
                         Err(_) => return Err(Close::new(4400, "Invalid message received")),
                     },
-                    Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Ok(Message::Close(_))) => return Ok(End::PeerClosed),
                     // WebSocket-level ping/pong is handled by tungstenite.
                     Some(Ok(_)) => {}
                 },
-                Some((id, item)) = self.ops.next(), if !self.ops.is_empty() => {
-                    self.on_item(socket, id, item).await?;
-                }
                 () = &mut init_deadline, if !self.init_received => {
                     return Err(Close::new(4408, "Connection initialisation timeout"));
                 }
@@ -212,7 +283,7 @@ impl State {
                     };
                     send(socket, &frame).await?;
                 }
-                () = shutdown.cancelled() => {
+                () = &mut shutdown => {
                     return Err(Close::new(1001, "Server shutting down"));
                 }
             }
@@ -448,6 +519,39 @@ mod tests {
         assert!(cut.len() <= MAX_REASON);
         assert!(long.starts_with(cut));
         assert_eq!(truncate("short"), "short");
+    }
+
+    #[test]
+    fn the_clients_order_of_preference_wins() {
+        use axum::http::{header::SEC_WEBSOCKET_PROTOCOL, HeaderMap, HeaderValue};
+        let offer = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(v));
+            }
+            negotiate(&h)
+        };
+        // gql's default offer: the legacy protocol first.
+        assert_eq!(
+            offer(&["graphql-ws, graphql-transport-ws"]),
+            Some(Protocol::Legacy)
+        );
+        assert_eq!(
+            offer(&["graphql-transport-ws,graphql-ws"]),
+            Some(Protocol::TransportWs)
+        );
+        assert_eq!(
+            offer(&["mqtt", "graphql-ws", "graphql-transport-ws"]),
+            Some(Protocol::Legacy)
+        );
+        assert_eq!(
+            offer(&["chat, graphql-transport-ws"]),
+            Some(Protocol::TransportWs)
+        );
+        // Tokens are case-sensitive.
+        assert_eq!(offer(&["GRAPHQL-WS"]), None);
+        assert_eq!(offer(&[]), None);
+        assert_eq!(Protocol::Legacy.name(), "graphql-ws");
     }
 
     #[test]
