@@ -486,8 +486,9 @@ async fn http_rules_media_types_get_mutations_and_body_cap() {
 
 #[tokio::test]
 async fn api_keys_authenticate_and_submissions_belong_to_their_key() {
-    let dir = std::env::temp_dir().join(format!("verdict-keys-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed on drop, also when an assertion fails.
+    let tmp = verdict_testkit::TempDir::new("verdict-keys");
+    let dir = tmp.path().to_path_buf();
     let file = dir.join("keys");
     std::fs::write(
         &file,
@@ -712,8 +713,9 @@ async fn websocket_connections_per_ip_are_capped() {
 /// A keys file with alice and bob (keys `key-alice`, `key-bob`); the directory is leaked
 /// for the life of the test process, which is short.
 fn keys_file() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("verdict-keys-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed on drop, also when an assertion fails.
+    let tmp = verdict_testkit::TempDir::new("verdict-keys");
+    let dir = tmp.path().to_path_buf();
     let file = dir.join("keys");
     let keys = format!(
         "alice:{}\nbob:{}\n",
@@ -959,7 +961,8 @@ async fn unfinished_submissions_per_key_are_capped_across_servers() {
 
 #[tokio::test]
 async fn json_logs_carry_the_submission_id_on_server_and_worker_lines() {
-    let log = std::env::temp_dir().join(format!("verdict-log-{}.jsonl", uuid::Uuid::new_v4()));
+    let tmp = verdict_testkit::TempDir::new("verdict-log");
+    let log = tmp.path().join("log.jsonl");
     let server = spawn_logging(
         &["standalone", "--concurrency", "2"],
         &[],
@@ -1186,8 +1189,8 @@ async fn the_redis_password_stays_off_command_lines_and_out_of_logs() {
     let (_redis, plain) = verdict_testkit::start_redis(&["--requirepass", &password]);
     let url = plain.replacen("redis://", &format!("redis://:{password}@"), 1);
     let ns = verdict_testkit::namespace();
-    let dir = std::env::temp_dir().join(format!("verdict-secret-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = verdict_testkit::TempDir::new("verdict-secret");
+    let dir = tmp.path().to_path_buf();
 
     // The server gets the URL from the environment (testkit's way), the worker from a
     // file; a submission running end to end shows both authenticated.

@@ -215,7 +215,9 @@ async fn open_subscriptions_survive_a_redis_restart_with_aof() {
     // A private Redis we can kill: AOF with fsync on every write, so nothing acknowledged
     // is lost when it is SIGKILLed (see README, "Redis persistence").
     let aof = ["--appendonly", "yes", "--appendfsync", "always"];
-    let (redis_proc, url) = start_redis(&aof);
+    // Its files outlive the first server (the restart reads them) and go with `redis_dir`.
+    let redis_dir = TempDir::new("verdict-redis");
+    let (redis_proc, url) = start_redis_in(redis_dir.path(), &aof);
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     let ns = namespace();
     let server = server(bin(), &url, &ns);
@@ -240,7 +242,7 @@ async fn open_subscriptions_survive_a_redis_restart_with_aof() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let dir = std::env::temp_dir().join(format!("verdict-redis-{port}"));
+    let dir = redis_dir.path().to_path_buf();
     drop(redis_proc); // SIGKILL
     tokio::time::sleep(Duration::from_millis(500)).await;
     let restarted = Command::new("redis-server")

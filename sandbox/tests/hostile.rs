@@ -1113,6 +1113,16 @@ fn stale_run_dirs_of_dead_processes_are_swept_at_start_up() {
     let live = sb.run_dir(0).expect("run dir");
     assert_eq!(sb.sweep_stale_run_dirs().expect("sweep"), 0);
     assert!(live.path().is_dir());
+    drop((live, sb));
+    // As root the slot's run dirs are on a loop-mounted file system under the temp dir:
+    // unmount it, or the temp dir (and a loop device) would be left behind.
+    let slot_fs = b.join("slot-0");
+    if std::fs::metadata(&slot_fs).is_ok() {
+        let _ = std::process::Command::new("umount")
+            .arg(&slot_fs)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 #[test]

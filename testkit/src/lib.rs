@@ -4,9 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -28,6 +28,37 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        // A directory made for this process alone (a private Redis's) goes with it.
+        let pid = self.0.id();
+        let mut dirs = PROC_DIRS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(k) = dirs.iter().position(|(p, _)| *p == pid) {
+            let (_, dir) = dirs.swap_remove(k);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Directories removed when the `Proc` of that pid is dropped.
+static PROC_DIRS: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
+
+/// A directory under the system temp dir (`<prefix>-<uuid>`), removed with everything in
+/// it on drop, so test runs leave nothing behind in /tmp.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -51,11 +82,23 @@ fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// Starts a private `redis-server` on a free port.
+/// Starts a private `redis-server` on a free port; its directory is removed when the
+/// returned `Proc` is dropped.
 pub fn start_redis(extra: &[&str]) -> (Proc, String) {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("verdict-redis-{port}"));
+    let dir = std::env::temp_dir().join(format!("verdict-redis-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("redis dir");
+    let (proc, url) = start_redis_in(&dir, extra);
+    PROC_DIRS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((proc.pid(), dir));
+    (proc, url)
+}
+
+/// Starts a private `redis-server` on a free port with its files in `dir`, which the
+/// caller owns (and removes): for a test that restarts Redis on the same files.
+pub fn start_redis_in(dir: &Path, extra: &[&str]) -> (Proc, String) {
+    let port = free_port();
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -68,7 +111,7 @@ pub fn start_redis(extra: &[&str]) -> (Proc, String) {
             "no",
         ])
         .arg("--dir")
-        .arg(&dir)
+        .arg(dir)
         .args(extra)
         .stdout(Stdio::null())
         .spawn()
@@ -90,14 +133,19 @@ pub fn redis_url() -> String {
             Err(_) => {
                 // Statics are never dropped: a watchdog stops this Redis when the test
                 // process is gone, so no server outlives the run.
-                let (proc, url) = start_redis(&[]);
-                let script = format!(
-                    "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill {redis}",
-                    me = std::process::id(),
-                    redis = proc.pid()
-                );
+                let dir = TempDir::new("verdict-redis");
+                let (proc, url) = start_redis_in(dir.path(), &[]);
+                let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 0.5; done; \
+                              kill \"$2\"; n=0; while kill -0 \"$2\" 2>/dev/null && [ $n -lt 50 ]; do \
+                              sleep 0.1; n=$((n + 1)); done; \
+                              rm -rf -- \"$3\"";
+                let me = std::process::id().to_string();
+                let redis = proc.pid().to_string();
+                // The watchdog removes the directory; the guard must not.
+                let dir = std::mem::ManuallyDrop::new(dir);
                 let _ = Command::new("sh")
-                    .args(["-c", &script])
+                    .args(["-c", script, "watchdog", &me, &redis])
+                    .arg(dir.path())
                     .stdin(Stdio::null())
                     .spawn();
                 (Some(proc), url)
