@@ -10,7 +10,8 @@ use futures_util::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use verdict_broker::{
-    watch, Catalogue, Event, EventKind, Job, LiveToolchains, SharedBroker, TestCase,
+    watch, Catalogue, Event, EventKind, Filler, Job, LiveToolchains, SharedBroker, TestCase,
+    Wanted,
 };
 
 use async_graphql::ErrorExtensions;
@@ -655,6 +656,17 @@ impl SubscriptionRoot {
         }
         .instrument(span.clone())
         .await?;
+        // Replayed TestFinished and Finished events (and a finished run's chunks) refer
+        // to the record: it is read, once, only for what this selection shows.
+        let look = ctx.look_ahead();
+        let result = look.field("result");
+        let wanted = Wanted {
+            chunks: look.field("chunk").exists(),
+            test_outputs: result.field("stdout").exists() || result.field("stderr").exists(),
+            record: look.field("submission").exists(),
+        };
+        let filler = Filler::new(Arc::clone(&s.broker), wanted);
+        let filler = Arc::new(tokio::sync::Mutex::new(filler));
         let guard = s.metrics.subscription();
         // No `take_until(shutdown)`: a stream that ends on shutdown reads as `complete`
         // without a verdict, and the client never resubscribes. On shutdown the socket
@@ -664,6 +676,14 @@ impl SubscriptionRoot {
                 let keep =
                     output || !matches!(item, Ok(e) if matches!(e.kind, EventKind::Output { .. }));
                 std::future::ready(keep)
+            })
+            .then(move |item| {
+                let filler = Arc::clone(&filler);
+                async move {
+                    let mut event = item?;
+                    filler.lock().await.fill(&mut event).await?;
+                    Ok(event)
+                }
             })
             .map(move |item| {
                 let _alive = &guard;
