@@ -6,6 +6,7 @@
 
 mod catalogue;
 mod error;
+mod filler;
 mod hub;
 mod latency;
 mod memory;
@@ -27,6 +28,7 @@ pub use catalogue::{
     LIVE_TOOLCHAINS_TTL,
 };
 pub use error::{BrokerError, Result};
+pub use filler::{Filler, Wanted};
 pub use hub::{LiveEvents, Signal};
 pub use latency::{Histogram, LATENCY_BUCKETS};
 pub use memory::MemoryBroker;
