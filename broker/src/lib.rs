@@ -230,6 +230,11 @@ pub struct QueueStats {
     pub queue_wait: Histogram,
     /// Started → finished (all servers).
     pub run_time: Histogram,
+    /// What the broker keeps in memory, when it can tell: the embedded broker's estimate
+    /// of its records and logs, or Redis's `used_memory`.
+    pub retained_bytes: Option<u64>,
+    /// The bound on it: `--max-retained-mb`, or Redis's `maxmemory` (0 = none).
+    pub retained_budget_bytes: Option<u64>,
 }
 
 /// Heartbeats older than this mean the worker is gone.

@@ -654,6 +654,8 @@ impl Broker for MemoryBroker {
             verdicts,
             queue_wait: state.queue_wait.clone(),
             run_time: state.run_time.clone(),
+            retained_bytes: Some(state.retained),
+            retained_budget_bytes: Some(self.settings.max_retained_bytes),
         })
     }
 

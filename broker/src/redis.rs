@@ -1236,7 +1236,22 @@ impl Broker for RedisBroker {
             h.sum_us = raw.get(&format!("{prefix}:sum")).copied().unwrap_or(0);
             h
         };
+        // What operators size `maxmemory` by, and the bound itself.
+        let info: String = self
+            .client
+            .custom(
+                CustomCommand::new_static("INFO", ClusterHash::Random, false),
+                vec!["memory"],
+            )
+            .await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         Ok(QueueStats {
+            retained_bytes: field("used_memory"),
+            retained_budget_bytes: field("maxmemory"),
             waiting: len.saturating_sub(pending),
             pending,
             workers,

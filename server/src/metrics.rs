@@ -342,6 +342,22 @@ impl Metrics {
             "Time from a worker starting the job to its verdict (all servers).",
             &stats.run_time,
         );
+        for (name, help, value) in [
+            (
+                "verdict_broker_retained_bytes",
+                "Memory the broker keeps (embedded: its records and logs; Redis: used_memory).",
+                stats.retained_bytes,
+            ),
+            (
+                "verdict_broker_retained_budget_bytes",
+                "Its bound (--max-retained-mb, or Redis maxmemory); 0 = none.",
+                stats.retained_budget_bytes,
+            ),
+        ] {
+            if let Some(v) = value {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            }
+        }
     }
 }
 
