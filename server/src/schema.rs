@@ -10,8 +10,7 @@ use futures_util::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use verdict_broker::{
-    watch, Catalogue, Event, EventKind, Filler, Job, LiveToolchains, SharedBroker, TestCase,
-    Wanted,
+    watch, Catalogue, Event, EventKind, Filler, Job, LiveToolchains, SharedBroker, TestCase, Wanted,
 };
 
 use async_graphql::ErrorExtensions;
