@@ -9,7 +9,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use verdict_broker::{
-    BrokerSettings, Catalogue, MemoryBroker, RedisBroker, RedisSettings, SharedBroker,
+    BrokerSettings, Catalogue, MemoryBroker, MemoryProblems, RedisBroker, RedisProblems,
+    RedisSettings, SharedBroker, SharedProblems,
 };
 use verdict_sandbox::{Sandbox, SandboxConfig};
 use verdict_worker::paths::Locations;
@@ -135,6 +136,9 @@ struct LimitsArgs {
     default_processes: u64,
     #[arg(long, env = "VERDICT_MAX_PROCESSES", default_value_t = 256)]
     max_processes: u64,
+    /// Test data one problem may store, bytes (inputs and answers, each distinct file once).
+    #[arg(long, env = "VERDICT_MAX_PROBLEM_BYTES", default_value_t = verdict_server::DEFAULT_MAX_PROBLEM_BYTES)]
+    max_problem_bytes: u64,
 }
 
 impl LimitsArgs {
@@ -176,6 +180,7 @@ impl LimitsArgs {
         Ok(verdict_server::InputPolicy {
             default_limits,
             max_limits,
+            max_problem_bytes: self.max_problem_bytes,
             ..verdict_server::InputPolicy::default()
         })
     }
@@ -524,6 +529,16 @@ async fn broker(url: Option<&str>, args: &BrokerArgs) -> Result<SharedBroker, Bo
     })
 }
 
+/// The problem store: on Redis when a URL is given, else in memory.
+async fn problem_store(url: Option<&str>, args: &BrokerArgs) -> Result<SharedProblems, BoxError> {
+    Ok(match url {
+        Some(url) => RedisProblems::connect(url, &args.redis_namespace)
+            .await
+            .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact(url)))?,
+        None => MemoryProblems::new(),
+    })
+}
+
 async fn catalogue(args: &CatalogueArgs) -> Result<Arc<Catalogue>, BoxError> {
     let path = args.languages.clone();
     let catalogue = tokio::task::spawn_blocking(move || {
@@ -566,8 +581,10 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+#[allow(clippy::too_many_arguments)] // one per aspect of a worker
 async fn start_worker(
     broker: SharedBroker,
+    problems: SharedProblems,
     catalogue: Arc<Catalogue>,
     concurrency: Option<usize>,
     tuning: &WorkerTuning,
@@ -635,7 +652,7 @@ async fn start_worker(
     }
     // Renew four times per visibility timeout, so one slow renewal never loses the lease.
     config.lease_renewal = Duration::from_millis((broker_args.visibility_timeout_ms / 4).max(25));
-    let worker = Worker::new(broker, Arc::new(sandbox), catalogue, config)?;
+    let worker = Worker::new(broker, Arc::new(sandbox), catalogue, config, problems)?;
     Ok(tokio::spawn(worker.run(shutdown)))
 }
 
@@ -656,8 +673,10 @@ fn input_policy(
     Ok(policy)
 }
 
+#[allow(clippy::too_many_arguments)] // one per aspect of a server
 async fn start_server(
     broker: SharedBroker,
+    problems: SharedProblems,
     catalogue: Arc<Catalogue>,
     listen: SocketAddr,
     api: &ApiArgs,
@@ -678,6 +697,7 @@ async fn start_server(
         shutdown,
         api.keys(listen)?,
         api.limits(redis).await?,
+        problems,
     );
     Ok(tokio::spawn(verdict_server::serve(listener, state)))
 }
@@ -730,9 +750,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let shutdown = shutdown_on_signal();
             let redis_url = args.redis.url().await?;
             let broker = broker(redis_url.as_deref(), &args.broker).await?;
+            let problems = problem_store(redis_url.as_deref(), &args.broker).await?;
             let catalogue = catalogue(&args.catalogue).await?;
             let worker = start_worker(
                 Arc::clone(&broker),
+                Arc::clone(&problems),
                 Arc::clone(&catalogue),
                 args.concurrency,
                 &args.tuning,
@@ -743,6 +765,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             .await?;
             let server = start_server(
                 broker,
+                problems,
                 catalogue,
                 args.listen,
                 &args.api,
@@ -761,10 +784,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let shutdown = shutdown_on_signal();
             let redis_url = args.redis.required().await?;
             let broker = broker(Some(&redis_url), &args.broker).await?;
+            let problems = problem_store(Some(&redis_url), &args.broker).await?;
             let catalogue = catalogue(&args.catalogue).await?;
             let redis = Some((redis_url.as_str(), args.broker.redis_namespace.as_str()));
             start_server(
                 broker,
+                problems,
                 catalogue,
                 args.listen,
                 &args.api,
@@ -779,9 +804,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let shutdown = shutdown_on_signal();
             let redis_url = args.redis.required().await?;
             let broker = broker(Some(&redis_url), &args.broker).await?;
+            let problems = problem_store(Some(&redis_url), &args.broker).await?;
             let catalogue = catalogue(&args.catalogue).await?;
             start_worker(
                 broker,
+                problems,
                 catalogue,
                 args.concurrency,
                 &args.tuning,

@@ -141,6 +141,11 @@ mod tests {
             stdout: "o".repeat(stdout),
             stderr: "é".repeat(stderr / 2),
             truncated: false,
+            name: None,
+            group: None,
+            sample: false,
+            checker_message: None,
+            score: None,
         }
     }
 

@@ -104,6 +104,10 @@ pub struct Request {
     pub epsilon: Option<Epsilon>,
     #[serde(default)]
     pub stop_on_first_failure: bool,
+    /// Judged against this stored problem version: the worker reads its tests, checker
+    /// and groups from the problem store (`tests` is empty then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<crate::problems::ProblemRef>,
 }
 
 /// The outcome of one test.
@@ -121,6 +125,19 @@ pub struct TestResult {
     /// True when stdout or stderr was cut at the output limit.
     #[serde(default)]
     pub truncated: bool,
+    /// The problem test's name, group and sample flag (problem submissions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sample: bool,
+    /// What the checker program said (its feedback or stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checker_message: Option<String>,
+    /// The test's score in [0, 1] (problem submissions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<crate::problems::Points>,
 }
 
 /// Most bytes of each output stream carried inside one event (TestFinishedEvent,
@@ -193,6 +210,22 @@ pub struct Submission {
     /// the artifact (its CompilingEvent says `cached: true` then).
     #[serde(default)]
     pub compile_cached: bool,
+    /// The problem and version it is judged against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem_version: Option<u32>,
+    /// Sum of the groups' scores, and of their points (problem submissions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<crate::problems::Points>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_score: Option<crate::problems::Points>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<crate::problems::GroupResult>,
+    /// 1-based indices of the hidden (non-sample) tests: their inputs and outputs are
+    /// shown to admins only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden_tests: Vec<u32>,
 }
 
 impl Submission {
@@ -214,6 +247,12 @@ impl Submission {
             test_count: u32::try_from(request.tests.len()).unwrap_or(u32::MAX),
             message: None,
             compile_cached: false,
+            problem_id: request.problem.as_ref().map(|p| p.id.clone()),
+            problem_version: request.problem.as_ref().map(|p| p.version),
+            score: None,
+            max_score: None,
+            groups: Vec::new(),
+            hidden_tests: Vec::new(),
         }
     }
 
@@ -247,6 +286,12 @@ impl Submission {
             test_count: 0,
             message: None,
             compile_cached: false,
+            problem_id: None,
+            problem_version: None,
+            score: None,
+            max_score: None,
+            groups: Vec::new(),
+            hidden_tests: Vec::new(),
         })
     }
 

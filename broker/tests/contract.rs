@@ -41,6 +41,7 @@ fn job(source: &str) -> Job {
         compare: CompareMode::TrimTrailing,
         epsilon: None,
         stop_on_first_failure: false,
+        problem: None,
     };
     Job {
         submission: Submission::queued(uuid::Uuid::new_v4().to_string(), None, &request),
@@ -513,6 +514,11 @@ fn result_with(index: u32, stdout: String) -> TestResult {
         stdout,
         stderr: String::new(),
         truncated: false,
+        name: None,
+        group: None,
+        sample: false,
+        checker_message: None,
+        score: None,
     }
 }
 

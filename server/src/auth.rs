@@ -17,6 +17,9 @@ use sha2::{Digest, Sha256};
 #[derive(Default, Clone)]
 pub struct ApiKeys {
     by_digest: HashMap<[u8; 32], Arc<str>>,
+    /// Names of the keys whose line ends in `:admin` (they manage problems and see
+    /// hidden tests).
+    admins: std::collections::HashSet<String>,
 }
 
 /// Who made a request.
@@ -103,6 +106,17 @@ impl ApiKeys {
                     )));
                 };
                 let name = name.trim();
+                let (hex, admin) = match hex.trim().split_once(':') {
+                    Some((hex, role)) if role.trim() == "admin" => (hex, true),
+                    Some((_, role)) => {
+                        return Err(KeyFileError(format!(
+                            "line {}: `{name}`: unknown role `{}` (the only role is `admin`)",
+                            n + 1,
+                            role.trim()
+                        )))
+                    }
+                    None => (hex, false),
+                };
                 if name.is_empty() {
                     return Err(KeyFileError(format!("line {}: empty key name", n + 1)));
                 }
@@ -112,6 +126,9 @@ impl ApiKeys {
                         n + 1
                     ))
                 })?;
+                if admin {
+                    keys.admins.insert(name.to_owned());
+                }
                 if keys.by_digest.insert(digest, name.into()).is_some() {
                     return Err(KeyFileError(format!(
                         "line {}: the same key is configured twice",
@@ -128,6 +145,11 @@ impl ApiKeys {
         let text = std::fs::read_to_string(path)
             .map_err(|e| KeyFileError(format!("cannot read {}: {e}", path.display())))?;
         Self::parse(&text)
+    }
+
+    /// Names of the admin keys (`name:sha256hex:admin`).
+    pub fn admins(&self) -> std::collections::HashSet<String> {
+        self.admins.clone()
     }
 
     /// Adds a key given in clear (for tests and tools); only its digest is kept.
@@ -220,6 +242,16 @@ mod tests {
             keys.authenticate(Some("Basic secret-a"), None),
             Err(AuthError::Invalid)
         );
+    }
+
+    #[test]
+    fn an_admin_suffix_makes_an_admin_key() {
+        let text = format!("root:{}:admin\nuser:{}\n", hex("r"), hex("u"));
+        let keys = ApiKeys::parse(&text).expect("parse");
+        assert_eq!(keys.len(), 2);
+        assert!(keys.admins().contains("root"));
+        assert!(!keys.admins().contains("user"));
+        assert!(ApiKeys::parse(&format!("x:{}:boss", hex("x"))).is_err());
     }
 
     #[test]

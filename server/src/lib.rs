@@ -7,6 +7,8 @@ mod auth;
 mod error;
 mod limits;
 mod metrics;
+pub mod package;
+pub mod problems;
 mod schema;
 mod validate;
 mod ws;
@@ -26,7 +28,7 @@ pub use error::ApiError;
 pub use limits::{Access, ApiLimits};
 pub use metrics::Metrics;
 pub use schema::{build, sdl, ApiState, VerdictSchema};
-pub use validate::InputPolicy;
+pub use validate::{InputPolicy, DEFAULT_MAX_PROBLEM_BYTES};
 pub use ws::{Protocol, PROTOCOLS};
 
 /// Builds the shared state for [`app`] and [`serve`]: an open API with default limits.
@@ -43,6 +45,7 @@ pub fn state(
         shutdown,
         ApiKeys::open(),
         ApiLimits::default(),
+        verdict_broker::MemoryProblems::new(),
     )
 }
 
@@ -54,8 +57,13 @@ pub fn state_with(
     shutdown: CancellationToken,
     keys: ApiKeys,
     limits: ApiLimits,
+    problems: verdict_broker::SharedProblems,
 ) -> AppState {
     let metrics = Arc::new(Metrics::default());
+    let roles = problems::Roles {
+        open: keys.is_open(),
+        admins: Arc::new(keys.admins()),
+    };
     let api = Arc::new(ApiState {
         broker,
         catalogue,
@@ -63,6 +71,8 @@ pub fn state_with(
         policy,
         metrics: Arc::clone(&metrics),
         shutdown,
+        problems,
+        roles,
     });
     let access = Arc::new(Access::new(keys, limits));
     let limits = &access.limits;

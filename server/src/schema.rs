@@ -18,6 +18,9 @@ use async_graphql::ErrorExtensions;
 use crate::auth::Caller;
 use crate::error::{gql, ApiError};
 use crate::metrics::Metrics;
+use crate::problems::{
+    redact_result, redact_submission, GroupResult, Problem, ProblemInput, Roles,
+};
 use crate::validate::{InputPolicy, RawSubmit, RequestedLimits};
 
 /// The executable schema type.
@@ -35,6 +38,10 @@ pub struct ApiState {
     /// Fires on shutdown: WebSockets close with 1001 (subscriptions never `complete`
     /// because of it; clients resubscribe with `afterSeq`).
     pub shutdown: CancellationToken,
+    /// Stored problems (problems.rs).
+    pub problems: verdict_broker::SharedProblems,
+    /// Who may manage problems and see hidden tests.
+    pub roles: Roles,
 }
 
 /// Builds the schema around `state`.
@@ -218,6 +225,24 @@ impl TestResult {
     async fn truncated(&self) -> bool {
         self.0.truncated
     }
+    /// The problem test's name, group and sample flag (problem submissions).
+    async fn name(&self) -> Option<&str> {
+        self.0.name.as_deref()
+    }
+    async fn group(&self) -> Option<&str> {
+        self.0.group.as_deref()
+    }
+    async fn sample(&self) -> bool {
+        self.0.sample
+    }
+    /// What the checker program said; null for a hidden test unless the caller is admin.
+    async fn checker_message(&self) -> Option<&str> {
+        self.0.checker_message.as_deref()
+    }
+    /// The test's score in [0, 1] (problem submissions).
+    async fn score(&self) -> Option<f64> {
+        self.0.score.map(|p| p.0)
+    }
 }
 
 /// A submission's public record.
@@ -272,6 +297,25 @@ impl Submission {
     /// Why it ended as INTERNAL_ERROR or CANCELLED, for humans.
     async fn message(&self) -> Option<&str> {
         self.0.message.as_deref()
+    }
+    /// The problem and the version it is judged against (pinned at submit).
+    async fn problem_id(&self) -> Option<ID> {
+        self.0.problem_id.clone().map(ID)
+    }
+    async fn problem_version(&self) -> Option<i32> {
+        self.0.problem_version.map(|v| clamp(u64::from(v)))
+    }
+    /// The sum of the groups' scores, once finished (problem submissions).
+    async fn score(&self) -> Option<f64> {
+        self.0.score.map(|p| p.0)
+    }
+    /// The sum of the groups' points (problem submissions).
+    async fn max_score(&self) -> Option<f64> {
+        self.0.max_score.map(|p| p.0)
+    }
+    /// One per group of the problem, once finished.
+    async fn groups(&self) -> Vec<GroupResult> {
+        self.0.groups.iter().map(GroupResult::from).collect()
     }
 }
 
@@ -434,6 +478,9 @@ pub struct SubmitInput {
     /// says how many were requested.
     #[graphql(default)]
     pub stop_on_first_failure: bool,
+    /// Judge against this stored problem's current version (its tests, checker, groups
+    /// and limits); then `stdin`, `tests`, `limits`, `compare` and `epsilon` are not given.
+    pub problem_id: Option<ID>,
 }
 
 /// The shared state. Missing state is our wiring bug, so it is coded INTERNAL: the
@@ -487,10 +534,38 @@ impl QueryRoot {
         let s = state(ctx)?;
         async {
             let record = s.broker.submission(&id).await.map_err(gql)?;
-            Ok(visible(record, &caller(ctx)).map(Submission))
+            let who = caller(ctx);
+            let mut record = visible(record, &who);
+            if !s.roles.sees_hidden(&who) {
+                record.iter_mut().for_each(redact_submission);
+            }
+            Ok(record.map(Submission))
         }
         .instrument(span(&id))
         .await
+    }
+
+    /// A problem's current version; null when unknown.
+    async fn problem(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Problem>> {
+        let s = state(ctx)?;
+        let stored = s.problems.get(&id).await.map_err(gql)?;
+        Ok(stored.map(|stored| Problem {
+            stored,
+            store: Arc::clone(&s.problems),
+        }))
+    }
+
+    /// Every problem's current version.
+    async fn problems(&self, ctx: &Context<'_>) -> Result<Vec<Problem>> {
+        let s = state(ctx)?;
+        let all = s.problems.list().await.map_err(gql)?;
+        Ok(all
+            .into_iter()
+            .map(|stored| Problem {
+                stored,
+                store: Arc::clone(&s.problems),
+            })
+            .collect())
     }
 
     /// The queue and the workers right now.
@@ -542,6 +617,16 @@ impl MutationRoot {
     /// Queues a program; returns at once with status QUEUED.
     async fn submit(&self, ctx: &Context<'_>, input: SubmitInput) -> Result<Submission> {
         let s = state(ctx)?;
+        let problem_id = input.problem_id.clone();
+        if problem_id.is_some() {
+            crate::problems::check_problem_submit(
+                input.stdin.is_some(),
+                input.tests.is_some(),
+                input.limits.is_some(),
+                input.epsilon.is_some(),
+            )
+            .map_err(|e| e.extend())?;
+        }
         let limits = input.limits.unwrap_or_default();
         let raw = RawSubmit {
             language: input.language.0,
@@ -567,14 +652,26 @@ impl MutationRoot {
             epsilon: input.epsilon,
             stop_on_first_failure: input.stop_on_first_failure,
         };
-        let request = s.policy.check(&s.catalogue, raw).map_err(|e| e.extend())?;
+        let mut request = s.policy.check(&s.catalogue, raw).map_err(|e| e.extend())?;
+        let pinned = match problem_id {
+            Some(pid) => {
+                let problem = s.problems.get(&pid).await.map_err(gql)?.ok_or_else(|| {
+                    ApiError::bad("problemId", format!("unknown problem \"{}\"", pid.0)).extend()
+                })?;
+                Some(crate::problems::pin(&mut request, &problem, &s.policy))
+            }
+            None => None,
+        };
         check_toolchain(s, &request.language)
             .await
             .map_err(|e| e.extend())?;
         // Random (v4) ids: an id reveals nothing and cannot be guessed from another.
         let id = uuid::Uuid::new_v4().to_string();
         let owner = caller(ctx).owner().map(str::to_owned);
-        let submission = verdict_broker::Submission::queued(id, owner, &request);
+        let mut submission = verdict_broker::Submission::queued(id, owner, &request);
+        if let Some(pinned) = pinned {
+            pinned.apply(&mut submission);
+        }
         let job = Job {
             submission,
             request,
@@ -595,6 +692,32 @@ impl MutationRoot {
         .await
     }
 
+    /// Creates a problem, or replaces it with a new version (admin only).
+    async fn put_problem(&self, ctx: &Context<'_>, input: ProblemInput) -> Result<Problem> {
+        let s = state(ctx)?;
+        s.roles
+            .require_manage(&caller(ctx))
+            .map_err(|e| e.extend())?;
+        let (problem, upload) =
+            crate::problems::build(input, &s.policy, &s.catalogue).map_err(|e| e.extend())?;
+        let stored = s.problems.put(problem, upload).await.map_err(gql)?;
+        tracing::info!(problem = %stored.id, version = stored.version, tests = stored.tests.len(), "problem stored");
+        Ok(Problem {
+            stored,
+            store: Arc::clone(&s.problems),
+        })
+    }
+
+    /// Deletes a problem (admin only); false when unknown. Submissions already queued
+    /// against it are still judged on their version.
+    async fn delete_problem(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        let s = state(ctx)?;
+        s.roles
+            .require_manage(&caller(ctx))
+            .map_err(|e| e.extend())?;
+        s.problems.delete(&id).await.map_err(gql)
+    }
+
     /// Cancels a submission that has not finished; a finished one is returned unchanged.
     async fn cancel(&self, ctx: &Context<'_>, id: ID) -> Result<Submission> {
         let s = state(ctx)?;
@@ -611,8 +734,16 @@ impl MutationRoot {
                     tracing::info!("cancelled");
                 }
             }
-            let latest = s.broker.submission(&id).await.map_err(gql)?;
-            Ok(Submission(latest.unwrap_or(record)))
+            let mut latest = s
+                .broker
+                .submission(&id)
+                .await
+                .map_err(gql)?
+                .unwrap_or(record);
+            if !s.roles.sees_hidden(&who) {
+                redact_submission(&mut latest);
+            }
+            Ok(Submission(latest))
         }
         .instrument(span(&id))
         .await
@@ -667,6 +798,7 @@ impl SubscriptionRoot {
         let filler = Filler::new(Arc::clone(&s.broker), wanted);
         let filler = Arc::new(tokio::sync::Mutex::new(filler));
         let guard = s.metrics.subscription();
+        let redact = !s.roles.sees_hidden(&who);
         // No `take_until(shutdown)`: a stream that ends on shutdown reads as `complete`
         // without a verdict, and the client never resubscribes. On shutdown the socket
         // closes with 1001 instead (ws.rs) and the client resumes with `afterSeq`.
@@ -686,8 +818,17 @@ impl SubscriptionRoot {
             })
             .map(move |item| {
                 let _alive = &guard;
-                item.map(SubmissionEvent::from)
-                    .map_err(|e| span.in_scope(|| gql(e)))
+                item.map(|mut event| {
+                    if redact {
+                        match &mut event.kind {
+                            EventKind::TestFinished { result } => redact_result(result),
+                            EventKind::Finished { submission } => redact_submission(submission),
+                            _ => {}
+                        }
+                    }
+                    SubmissionEvent::from(event)
+                })
+                .map_err(|e| span.in_scope(|| gql(e)))
             }))
     }
 }

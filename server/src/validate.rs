@@ -19,7 +19,12 @@ pub struct InputPolicy {
     /// the broker keeps at most this much of a submission (record and events), so input
     /// asking for more is refused here rather than silently cut later. 0 = no check.
     pub max_retained_bytes_per_submission: u64,
+    /// Test data one problem may store (`--max-problem-bytes`), bytes.
+    pub max_problem_bytes: u64,
 }
+
+/// Default of [`InputPolicy::max_problem_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_PROBLEM_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The tolerance of compare mode FLOAT when the client gives none.
 pub const DEFAULT_EPSILON: f64 = 1e-6;
@@ -46,6 +51,7 @@ impl Default for InputPolicy {
             max_expected_bytes: 64 * 1024 * 1024,
             max_tests: 100,
             max_retained_bytes_per_submission: verdict_broker::DEFAULT_MAX_RETAINED_PER_SUBMISSION,
+            max_problem_bytes: DEFAULT_MAX_PROBLEM_BYTES,
         }
     }
 }
@@ -226,6 +232,7 @@ impl InputPolicy {
             compare: raw.compare,
             epsilon,
             stop_on_first_failure: raw.stop_on_first_failure,
+            problem: None,
         })
     }
 }

@@ -9,6 +9,8 @@ pub enum WorkerError {
     Sandbox(#[from] verdict_sandbox::SandboxError),
     #[error("language {0} is not in this worker's catalogue")]
     UnknownLanguage(String),
+    #[error("problem data missing from the store: {0}")]
+    ProblemMissing(String),
     #[error("sandbox task panicked or was cancelled: {0}")]
     Join(#[from] tokio::task::JoinError),
 }

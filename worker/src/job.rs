@@ -21,7 +21,7 @@ use crate::Worker;
 /// Compiler output kept in `compileOutput`.
 const COMPILE_OUTPUT_CAP: usize = 64 * 1024;
 
-fn boosted(limits: &Limits, boost: &LimitBoost) -> verdict_sandbox::Limits {
+pub(crate) fn boosted(limits: &Limits, boost: &LimitBoost) -> verdict_sandbox::Limits {
     verdict_sandbox::Limits {
         cpu_ms: limits.cpu_time_ms + boost.extra_cpu_ms,
         wall_ms: limits.wall_time_ms + boost.extra_wall_ms,
@@ -55,6 +55,16 @@ fn program(dir: &RunDir, command: &[String]) -> PathBuf {
     }
 }
 
+/// Test data shared between the cache and the runs that read it (never copied per test).
+#[derive(Clone)]
+pub(crate) struct SharedBytes(pub Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Turns byte chunks into valid UTF-8 text without splitting a character across events.
 #[derive(Default)]
 struct Utf8Carry {
@@ -80,12 +90,12 @@ impl Worker {
     /// Runs `command` in the sandbox on the blocking pool, forwarding output chunks to
     /// `output` when given.
     #[allow(clippy::too_many_arguments)] // each is one aspect of the run; no natural group
-    async fn sandboxed(
+    pub(crate) async fn sandboxed(
         &self,
         dir: &Arc<RunDir>,
         command: &[String],
         env: &BTreeMap<String, String>,
-        stdin: String,
+        stdin: impl AsRef<[u8]> + Send + 'static,
         limits: verdict_sandbox::Limits,
         output: Option<mpsc::UnboundedSender<(StreamKind, Vec<u8>)>>,
         cancel: &Arc<AtomicBool>,
@@ -100,7 +110,7 @@ impl Worker {
                 program: program(&dir, &command),
                 args: command[1..].to_vec(),
                 env,
-                stdin: stdin.as_bytes(),
+                stdin: stdin.as_ref(),
                 dir: &dir,
                 slot: dir.slot(),
                 limits,
@@ -161,7 +171,10 @@ impl Worker {
         };
         let result = self.judge(job, &lang, slot, &cancel).await;
         watcher.abort();
-        let submission = result?;
+        let mut submission = result?;
+        if let Some(pin) = &job.request.problem {
+            self.score_problem(&mut submission, pin).await;
+        }
         let verdict = submission.verdict.map(verdict_broker::wire_name);
         let verdict = verdict.as_deref().unwrap_or("-");
         if self.broker.finish(&submission).await?.is_some() {
@@ -319,6 +332,11 @@ impl Worker {
             }
         }
         let program_files = program_files.map(Arc::new);
+        if let Some(pin) = &request.problem {
+            return self
+                .judge_problem(dir, job, lang, slot, cancel, submission, program_files, pin)
+                .await;
+        }
 
         let plain = [TestCase {
             stdin: String::new(),
@@ -398,6 +416,11 @@ impl Worker {
                 stdout: into_text(outcome.stdout),
                 stderr: into_text(outcome.stderr),
                 truncated,
+                name: None,
+                group: None,
+                sample: false,
+                checker_message: None,
+                score: None,
             };
             self.broker
                 .publish(
@@ -422,7 +445,7 @@ impl Worker {
 
 impl Worker {
     /// A new run directory of `slot` holding `files` (the compiled program and the source).
-    async fn fresh_dir(
+    pub(crate) async fn fresh_dir(
         &self,
         slot: u32,
         files: Arc<Vec<ArtifactFile>>,
@@ -443,7 +466,7 @@ impl Worker {
 
 /// Removes a run directory on the blocking pool (never on the runtime: see
 /// [`RunDir::remove`]). Problems are logged: the run's result does not depend on them.
-async fn remove_blocking(dir: Arc<RunDir>) {
+pub(crate) async fn remove_blocking(dir: Arc<RunDir>) {
     let removed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(dir) {
         Ok(dir) => dir.remove().map(|_| ()),
         // Still shared (cannot happen once every run on it returned): the last owner's
@@ -463,7 +486,7 @@ async fn remove_blocking(dir: Arc<RunDir>) {
 
 /// Output as text, moving the bytes when they are valid UTF-8 (no second copy of a big
 /// output), replacing invalid sequences otherwise.
-fn into_text(bytes: Vec<u8>) -> String {
+pub(crate) fn into_text(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
@@ -475,7 +498,7 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// Publishes live output as OutputEvents in batches: a chunk after a quiet spell goes out
 /// at once, then at most one event per stream every 50 ms (or per 64 KiB), so a flood
 /// makes few events. The sandbox stops delivering output at the output cap.
-async fn forward_output(
+pub(crate) async fn forward_output(
     broker: verdict_broker::SharedBroker,
     id: String,
     test: u32,

@@ -2,10 +2,13 @@
 //! step. Many jobs run at once, one per sandbox slot.
 
 mod cache;
+mod checker;
 mod error;
 mod job;
 pub mod judge;
 pub mod paths;
+mod problem;
+mod scoring;
 mod slots;
 
 use std::path::PathBuf;
@@ -84,6 +87,9 @@ pub struct Worker {
     /// the marker aborts the worker process, to test poison-job handling. Unset in
     /// production, where it changes nothing.
     crash_marker: Option<String>,
+    /// Stored problems, and this worker's cache of their versions, data and checkers.
+    problems: verdict_broker::SharedProblems,
+    problem_cache: problem::ProblemCache,
 }
 
 impl Worker {
@@ -93,6 +99,7 @@ impl Worker {
         sandbox: Arc<Sandbox>,
         catalogue: Arc<Catalogue>,
         config: WorkerConfig,
+        problems: verdict_broker::SharedProblems,
     ) -> Result<Arc<Self>, std::io::Error> {
         let slots = Slots::claim(&config.slot_dir, config.concurrency)?;
         let crash_marker = std::env::var("VERDICT_TEST_CRASH_MARKER")
@@ -107,6 +114,8 @@ impl Worker {
             hard_stop: CancellationToken::new(),
             running: AtomicU32::new(0),
             crash_marker,
+            problems,
+            problem_cache: problem::ProblemCache::default(),
         }))
     }
 

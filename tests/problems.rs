@@ -1,0 +1,825 @@
+//! Problems end to end (issue 15): stored tests with groups and points, secrecy of hidden
+//! tests for non-admin keys, KATTIS and TESTLIB checkers, version pinning, roles, Kattis
+//! packages. Real processes; the main flows run on `verdict standalone` and on `verdict
+//! server` + `verdict worker` around a real Redis.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+use verdict_testkit::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_verdict"))
+}
+
+const ADMIN: &str = "admin-key-0123456789";
+const USER: &str = "user-key-0123456789";
+
+fn sha256_hex(key: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", "printf %s \"$1\" | sha256sum", "sh", key])
+        .output()
+        .expect("sha256sum");
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+fn keys_env() -> String {
+    format!(
+        "admin:{}:admin,user:{}",
+        sha256_hex(ADMIN),
+        sha256_hex(USER)
+    )
+}
+
+fn spawn(args: &[&str], envs: &[(&str, String)]) -> Proc {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .env_remove("VERDICT_REDIS_URL")
+        .env_remove("VERDICT_REDIS_URL_FILE")
+        .env("VERDICT_API_KEYS", keys_env());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child: Child = cmd.spawn().expect("spawn verdict");
+    Proc(child)
+}
+
+fn wait_port(proc: &mut Proc, port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = proc.0.try_wait().unwrap() {
+            panic!("verdict exited: {status}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A deployment under test: one server address, and what keeps its processes alive.
+struct Judge {
+    server: Server,
+    _others: Vec<Proc>,
+    redis: Option<(String, String)>,
+}
+
+impl Judge {
+    fn standalone(extra: &[&str]) -> Judge {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["standalone", "--listen", &listen];
+        args.extend_from_slice(extra);
+        let mut proc = spawn(&args, &[]);
+        wait_port(&mut proc, port);
+        Judge {
+            server: Server { proc, port },
+            _others: Vec::new(),
+            redis: None,
+        }
+    }
+
+    /// `verdict server` and (unless `workers` is 0) one `verdict worker` on Redis.
+    fn on_redis(workers: usize) -> Judge {
+        let (url, ns) = (redis_url(), namespace());
+        let envs = [
+            ("VERDICT_REDIS_URL", url.clone()),
+            ("VERDICT_REDIS_NAMESPACE", ns.clone()),
+        ];
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut proc = spawn(&["server", "--listen", &listen], &envs);
+        wait_port(&mut proc, port);
+        let mut judge = Judge {
+            server: Server { proc, port },
+            _others: Vec::new(),
+            redis: Some((url, ns)),
+        };
+        for _ in 0..workers {
+            judge.add_worker();
+        }
+        judge
+    }
+
+    fn add_worker(&mut self) {
+        let (url, ns) = self.redis.clone().unwrap();
+        let envs = [("VERDICT_REDIS_URL", url), ("VERDICT_REDIS_NAMESPACE", ns)];
+        self._others
+            .push(spawn(&["worker", "--concurrency", "1"], &envs));
+    }
+
+    async fn gql(&self, key: &str, query: &str, variables: Value) -> Value {
+        reqwest::Client::new()
+            .post(format!("{}/graphql", self.server.http()))
+            .bearer_auth(key)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn put(&self, input: Value) -> Value {
+        let body = self
+            .gql(
+                ADMIN,
+                "mutation($i: ProblemInput!) { putProblem(input: $i) { id version testCount maxScore groups { name points testCount } } }",
+                json!({ "i": input }),
+            )
+            .await;
+        assert!(body["errors"].is_null(), "putProblem: {body}");
+        body["data"]["putProblem"].clone()
+    }
+
+    async fn submit(&self, key: &str, input: Value) -> String {
+        let body = self
+            .gql(
+                key,
+                "mutation($i: SubmitInput!) { submit(input: $i) { id status problemId problemVersion maxScore } }",
+                json!({ "i": input }),
+            )
+            .await;
+        assert_eq!(body["data"]["submit"]["status"], "QUEUED", "{body}");
+        body["data"]["submit"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Every event of `id` as `key` sees them, over graphql-transport-ws.
+    async fn events(&self, key: &str, id: &str) -> Vec<Value> {
+        let mut request = self
+            .server
+            .ws("/graphql")
+            .into_client_request_with_protocol();
+        let _ = &mut request;
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let send = |v: Value| Message::Text(v.to_string().into());
+        ws.send(send(json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {key}") } })))
+            .await
+            .unwrap();
+        ws.send(send(json!({ "id": "1", "type": "subscribe", "payload": { "query": EVENTS_ALL, "variables": { "id": id } } })))
+            .await
+            .unwrap();
+        let mut events = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = tokio::time::timeout(left, ws.next())
+                .await
+                .expect("events in time")
+                .expect("socket open")
+                .unwrap();
+            let Message::Text(text) = msg else { continue };
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            match frame["type"].as_str().unwrap_or_default() {
+                "next" => {
+                    assert!(frame["payload"]["errors"].is_null(), "{frame}");
+                    events.push(frame["payload"]["data"]["submissionEvents"].clone());
+                }
+                "complete" => return events,
+                "error" => panic!("subscription error: {frame}"),
+                _ => {}
+            }
+        }
+    }
+
+    async fn record(&self, key: &str, id: &str) -> Value {
+        let body = self
+            .gql(
+                key,
+                &format!("query($id: ID!) {{ submission(id: $id) {{ {SUBMISSION} }} }}"),
+                json!({ "id": id }),
+            )
+            .await;
+        assert!(body["errors"].is_null(), "{body}");
+        body["data"]["submission"].clone()
+    }
+
+    /// Submits as `key`, waits for the end; returns (events, final record).
+    async fn judge(&self, key: &str, input: Value) -> (Vec<Value>, Value) {
+        let id = self.submit(key, input).await;
+        let events = self.events(key, &id).await;
+        let record = self.record(key, &id).await;
+        (events, record)
+    }
+}
+
+trait WsRequest {
+    fn into_client_request_with_protocol(
+        self,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request;
+}
+
+impl WsRequest for String {
+    fn into_client_request_with_protocol(
+        self,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut r = self.into_client_request().unwrap();
+        r.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        r
+    }
+}
+
+const SUBMISSION: &str =
+    "id status verdict message score maxScore problemId problemVersion testCount compileOutput
+  groups { name verdict score maxScore }
+  tests { index verdict name group sample score stdout stderr checkerMessage exitCode timeMs }";
+
+const EVENTS_ALL: &str = r#"subscription($id: ID!) { submissionEvents(id: $id) {
+  __typename seq
+  ... on RunningEvent { test tests }
+  ... on OutputEvent { test stream chunk }
+  ... on TestFinishedEvent { result { index verdict name group sample score stdout stderr checkerMessage } }
+  ... on FinishedEvent { submission { id verdict score maxScore groups { name verdict score maxScore }
+      tests { index verdict sample stdout stderr checkerMessage score } } }
+} }"#;
+
+/// A+B: 2 samples (group "samples", 0 points), 4 hidden tests in g1 (30) and 4 in g2
+/// (70, big numbers).
+fn a_plus_b(id: &str) -> Value {
+    let mut tests = vec![
+        json!({ "name": "s1", "stdin": "1 2\n", "expectedOutput": "3\n", "sample": true, "group": "samples" }),
+        json!({ "name": "s2", "stdin": "5 7\n", "expectedOutput": "12\n", "sample": true, "group": "samples" }),
+    ];
+    for k in 0..4 {
+        let (a, b) = (k + 10, k * 3);
+        tests.push(json!({ "name": format!("g1-{k}"), "stdin": format!("{a} {b}\n"), "expectedOutput": format!("{}\n", a + b), "group": "g1" }));
+    }
+    for k in 0..4 {
+        let (a, b) = (1_000_000 + k, 2_000_000 * (k + 1));
+        tests.push(json!({ "name": format!("g2-{k}"), "stdin": format!("{a} {b}\n"), "expectedOutput": format!("{}\n", a + b), "group": "g2" }));
+    }
+    json!({
+        "id": id,
+        "title": "A plus B",
+        "statement": "Print a + b.",
+        "limits": { "cpuTimeMs": 1000, "wallTimeMs": 3000 },
+        "tests": tests,
+        "groups": [
+            { "name": "samples", "points": 0.0 },
+            { "name": "g1", "points": 30.0 },
+            { "name": "g2", "points": 70.0, "scoring": "ALL_OR_NOTHING" },
+        ],
+    })
+}
+
+const CORRECT: &str = "a, b = map(int, input().split())\nprint(a + b)\n";
+const WRONG_ON_G2: &str = "a, b = map(int, input().split())\nprint(a + b if a < 1000000 else 0)\n";
+const SPIN: &str = "while True:\n    pass\n";
+
+async fn scores_100_30_and_0(judge: &Judge) {
+    let p = judge.put(a_plus_b("aplusb")).await;
+    assert_eq!(p["version"], 1);
+    assert_eq!(p["testCount"], 10);
+    assert_eq!(p["maxScore"], 100.0);
+
+    let (_, r) = judge
+        .judge(
+            USER,
+            json!({ "problemId": "aplusb", "language": "python3", "source": CORRECT }),
+        )
+        .await;
+    assert_eq!(r["verdict"], "ACCEPTED", "{r}");
+    assert_eq!(r["score"], 100.0, "{r}");
+    assert_eq!(r["maxScore"], 100.0);
+    assert_eq!(r["problemVersion"], 1);
+    assert_eq!(r["tests"].as_array().unwrap().len(), 10);
+    assert!(r["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["verdict"] == "ACCEPTED"));
+
+    let (_, r) = judge
+        .judge(
+            USER,
+            json!({ "problemId": "aplusb", "language": "python3", "source": WRONG_ON_G2 }),
+        )
+        .await;
+    assert_eq!(r["verdict"], "WRONG_ANSWER", "{r}");
+    assert_eq!(r["score"], 30.0, "{r}");
+    let groups = r["groups"].as_array().unwrap();
+    assert_eq!(
+        groups[1],
+        json!({ "name": "g1", "verdict": "ACCEPTED", "score": 30.0, "maxScore": 30.0 })
+    );
+    assert_eq!(
+        groups[2],
+        json!({ "name": "g2", "verdict": "WRONG_ANSWER", "score": 0.0, "maxScore": 70.0 })
+    );
+    let tests = r["tests"].as_array().unwrap();
+    assert!(tests[..6].iter().all(|t| t["verdict"] == "ACCEPTED"), "{r}");
+    assert!(
+        tests[6..]
+            .iter()
+            .all(|t| t["verdict"] == "WRONG_ANSWER" && t["group"] == "g2"),
+        "{r}"
+    );
+    assert_eq!(tests[2]["name"], "g1-0");
+    assert_eq!(tests[0]["sample"], true);
+    assert_eq!(tests[2]["sample"], false);
+
+    // TLE everywhere; stopOnFirstFailure skips the rest of each group, not of the submission.
+    let (_, r) = judge
+        .judge(
+            USER,
+            json!({ "problemId": "aplusb", "language": "python3", "source": SPIN, "stopOnFirstFailure": true }),
+        )
+        .await;
+    assert_eq!(r["verdict"], "TIME_LIMIT_EXCEEDED", "{r}");
+    assert_eq!(r["score"], 0.0, "{r}");
+    let tests = r["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 3, "one test per group: {r}");
+    let idx: Vec<_> = tests.iter().map(|t| t["index"].as_i64().unwrap()).collect();
+    assert_eq!(idx, [1, 3, 7]);
+    assert!(
+        r["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["verdict"] == "TIME_LIMIT_EXCEEDED"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn a_plus_b_scores_100_30_and_0_standalone() {
+    scores_100_30_and_0(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn a_plus_b_scores_100_30_and_0_on_redis() {
+    scores_100_30_and_0(&Judge::on_redis(1)).await;
+}
+
+#[tokio::test]
+async fn a_non_admin_key_gets_forbidden_for_put_and_delete() {
+    let judge = Judge::standalone(&[]);
+    let body = judge
+        .gql(
+            USER,
+            "mutation($i: ProblemInput!) { putProblem(input: $i) { id } }",
+            json!({ "i": a_plus_b("nope") }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{body}"
+    );
+    let body = judge
+        .gql(USER, "mutation { deleteProblem(id: \"nope\") }", json!({}))
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{body}"
+    );
+    let body = judge
+        .gql(ADMIN, "{ problem(id: \"nope\") { id } }", json!({}))
+        .await;
+    assert_eq!(
+        body["data"]["problem"],
+        Value::Null,
+        "no partial problem: {body}"
+    );
+}
+
+#[tokio::test]
+async fn bad_problem_input_is_bad_user_input_naming_the_field() {
+    let judge = Judge::standalone(&[]);
+    let mut p = a_plus_b("Bad Id");
+    let body = judge
+        .gql(
+            ADMIN,
+            "mutation($i: ProblemInput!) { putProblem(input: $i) { id } }",
+            json!({ "i": p.clone() }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["extensions"]["field"], "id", "{body}");
+    p["id"] = json!("ok");
+    p["tests"][3]["group"] = json!("nosuch");
+    let body = judge
+        .gql(
+            ADMIN,
+            "mutation($i: ProblemInput!) { putProblem(input: $i) { id } }",
+            json!({ "i": p }),
+        )
+        .await;
+    assert_eq!(body["errors"][0]["extensions"]["field"], "group", "{body}");
+    // Over --max-problem-bytes.
+    let judge = Judge::standalone(&["--max-problem-bytes", "100"]);
+    let body = judge
+        .gql(
+            ADMIN,
+            "mutation($i: ProblemInput!) { putProblem(input: $i) { id } }",
+            json!({ "i": a_plus_b("big") }),
+        )
+        .await;
+    assert_eq!(body["errors"][0]["extensions"]["field"], "tests", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-problem-bytes"),
+        "{body}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrecy: one test per rule, as a key that is not admin.
+
+/// Hidden answers carry this marker; no non-admin view may ever contain it.
+const SECRET: &str = "SECRET-ANSWER-5150";
+const SECRET_INPUT: &str = "SECRET-INPUT-9091";
+
+fn secret_problem(id: &str) -> Value {
+    json!({
+        "id": id,
+        "title": "Echo",
+        "limits": { "cpuTimeMs": 5000, "wallTimeMs": 10000 },
+        "tests": [
+            { "name": "sample", "stdin": "hello\n", "expectedOutput": "hello\n", "sample": true },
+            { "name": "hidden1", "stdin": format!("{SECRET_INPUT} {SECRET}\n"), "expectedOutput": format!("{SECRET_INPUT} {SECRET}\n") },
+            { "name": "hidden2", "stdin": format!("{SECRET_INPUT}-2 {SECRET}-2\n"), "expectedOutput": format!("{SECRET_INPUT}-2 {SECRET}-2\n") },
+        ],
+    })
+}
+
+/// Prints its stdin on stdout and stderr.
+const ECHO: &str = "import sys\nd = sys.stdin.read()\nsys.stdout.write(d)\nsys.stderr.write(d)\n";
+
+async fn echo_run(judge: &Judge) -> (String, Vec<Value>, Value) {
+    judge.put(secret_problem("echo")).await;
+    let id = judge
+        .submit(
+            USER,
+            json!({ "problemId": "echo", "language": "python3", "source": ECHO }),
+        )
+        .await;
+    let events = judge.events(USER, &id).await;
+    let record = judge.record(USER, &id).await;
+    (id, events, record)
+}
+
+fn assert_no_secret(what: &str, v: &Value) {
+    let text = v.to_string();
+    assert!(
+        !text.contains(SECRET) && !text.contains(SECRET_INPUT),
+        "{what} leaks: {text}"
+    );
+}
+
+#[tokio::test]
+async fn secrecy_problem_queries_never_show_hidden_input_or_answer() {
+    let judge = Judge::standalone(&[]);
+    judge.put(secret_problem("echo")).await;
+    for key in [USER, ADMIN] {
+        let body = judge
+            .gql(key, "{ problems { id testCount samples { name stdin expectedOutput } groups { name testCount } } problem(id: \"echo\") { samples { stdin expectedOutput } } }", json!({}))
+            .await;
+        assert!(body["errors"].is_null(), "{body}");
+        assert_eq!(body["data"]["problems"][0]["testCount"], 3);
+        assert_eq!(
+            body["data"]["problems"][0]["samples"],
+            json!([{ "name": "sample", "stdin": "hello\n", "expectedOutput": "hello\n" }])
+        );
+        assert_no_secret("problem queries", &body);
+    }
+}
+
+#[tokio::test]
+async fn secrecy_no_output_event_for_a_hidden_test() {
+    let judge = Judge::standalone(&[]);
+    let (_, events, record) = echo_run(&judge).await;
+    assert_eq!(record["verdict"], "ACCEPTED", "{record}");
+    let outputs: Vec<_> = events
+        .iter()
+        .filter(|e| e["__typename"] == "OutputEvent")
+        .collect();
+    assert!(outputs.iter().all(|e| e["test"] == 1), "{outputs:?}");
+    assert!(!outputs.is_empty(), "the sample's output is live");
+}
+
+#[tokio::test]
+async fn secrecy_test_finished_events_of_hidden_tests_carry_no_output() {
+    let judge = Judge::standalone(&[]);
+    let (_, events, _) = echo_run(&judge).await;
+    let finished: Vec<_> = events
+        .iter()
+        .filter(|e| e["__typename"] == "TestFinishedEvent")
+        .collect();
+    assert_eq!(finished.len(), 3);
+    assert_eq!(
+        finished[0]["result"]["stdout"], "hello\n",
+        "samples show output"
+    );
+    for e in &finished[1..] {
+        assert_eq!(e["result"]["stdout"], "");
+        assert_eq!(e["result"]["stderr"], "");
+        assert_eq!(e["result"]["verdict"], "ACCEPTED");
+        assert_eq!(e["result"]["group"], "all");
+    }
+    assert_no_secret("TestFinishedEvents", &json!(finished));
+}
+
+#[tokio::test]
+async fn secrecy_finished_event_and_submission_record_carry_no_hidden_output() {
+    let judge = Judge::standalone(&[]);
+    let (id, events, record) = echo_run(&judge).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["__typename"], "FinishedEvent");
+    assert_no_secret("FinishedEvent", last);
+    assert_no_secret("submission(id)", &record);
+    assert_no_secret("every event", &json!(events));
+    assert_eq!(record["tests"][1]["stdout"], "");
+    assert_eq!(record["tests"][0]["stdout"], "hello\n");
+    // An admin key sees everything.
+    let full = judge.record(ADMIN, &id).await;
+    assert!(
+        full.is_null(),
+        "not the admin's submission: unknown to it ({full})"
+    );
+}
+
+#[tokio::test]
+async fn secrecy_admin_keys_see_hidden_output_in_their_submissions() {
+    let judge = Judge::standalone(&[]);
+    judge.put(secret_problem("echo")).await;
+    let (_, record) = judge
+        .judge(
+            ADMIN,
+            json!({ "problemId": "echo", "language": "python3", "source": ECHO }),
+        )
+        .await;
+    assert!(
+        record["tests"][1]["stdout"]
+            .as_str()
+            .unwrap()
+            .contains(SECRET),
+        "{record}"
+    );
+}
+
+#[tokio::test]
+async fn secrecy_no_checker_message_on_a_hidden_test() {
+    let judge = Judge::standalone(&[]);
+    let mut p = secret_problem("echochk");
+    p["checker"] = json!({ "program": { "protocol": "KATTIS", "language": "python3", "source": KATTIS_ECHO_CHECKER } });
+    judge.put(p).await;
+    let (events, record) = judge
+        .judge(
+            USER,
+            json!({ "problemId": "echochk", "language": "python3", "source": ECHO }),
+        )
+        .await;
+    assert_eq!(record["verdict"], "ACCEPTED", "{record}");
+    assert_eq!(
+        record["tests"][0]["checkerMessage"], "checked hello",
+        "{record}"
+    );
+    assert_eq!(
+        record["tests"][1]["checkerMessage"],
+        Value::Null,
+        "{record}"
+    );
+    assert_eq!(
+        record["tests"][2]["checkerMessage"],
+        Value::Null,
+        "{record}"
+    );
+    assert_no_secret("checker messages", &json!([events, record]));
+}
+
+/// Accepts when the output equals the input; tells it in judgemessage.txt.
+const KATTIS_ECHO_CHECKER: &str = r#"import sys
+inp = open(sys.argv[1]).read()
+out = sys.stdin.read()
+open(sys.argv[3] + "/judgemessage.txt", "w").write("checked " + ("" if out == inp else "diff ") + inp)
+sys.exit(42 if out == inp else 43)
+"#;
+
+/// Looks for the answer files everywhere it can reach and reports what it found.
+const SEARCHER: &str = r#"import os, stat, sys, time
+needle = ("SECRET" + "-" + "ANSWER").encode()
+found = []
+start = time.time()
+roots = ["/", os.getcwd(), os.path.dirname(os.getcwd()), "/tmp", "/var", "/run", "/dev/shm", "/home", "/root", "/proc/self", "/proc/1"]
+for root in roots:
+    for d, dirs, files in os.walk(root):
+        if time.time() - start > 3:
+            break
+        if d.startswith("/proc") and d not in ("/proc/self", "/proc/1"):
+            dirs[:] = []
+        for f in files:
+            p = os.path.join(d, f)
+            try:
+                fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+                try:
+                    if stat.S_ISREG(os.fstat(fd).st_mode) and needle in os.read(fd, 1 << 20):
+                        found.append(p)
+                finally:
+                    os.close(fd)
+            except Exception:
+                pass
+print("FOUND", len(found), " ".join(found).replace("SECRET", "S"))
+"#;
+
+#[tokio::test]
+async fn secrecy_answer_files_are_not_readable_from_the_sandbox() {
+    let judge = Judge::standalone(&[]);
+    let mut p = secret_problem("search");
+    p["checker"] = json!({ "compare": "TOKENS" });
+    judge.put(p).await;
+    // As a non-admin: the sample's output (visible) says what the search found.
+    let (_, record) = judge
+        .judge(
+            USER,
+            json!({ "problemId": "search", "language": "python3", "source": SEARCHER }),
+        )
+        .await;
+    assert_no_secret("searcher", &record);
+    assert_eq!(record["tests"][0]["stdout"], "FOUND 0 \n", "{record}");
+    // As admin, on every test (the hidden ones ran while their answers were stored).
+    let (_, record) = judge
+        .judge(
+            ADMIN,
+            json!({ "problemId": "search", "language": "python3", "source": SEARCHER }),
+        )
+        .await;
+    for t in record["tests"].as_array().unwrap() {
+        assert_eq!(t["stdout"], "FOUND 0 \n", "{record}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Checkers
+
+/// Print any two positive integers whose product is n (many correct outputs).
+fn factor_problem(id: &str, checker: Value) -> Value {
+    let tests: Vec<Value> = [12, 30, 49, 100]
+        .iter()
+        .enumerate()
+        .map(|(k, n)| json!({ "stdin": format!("{n}\n"), "expectedOutput": format!("1 {n}\n"), "sample": k == 0 }))
+        .collect();
+    json!({ "id": id, "title": "Factor", "tests": tests, "checker": checker })
+}
+
+const KATTIS_FACTOR: &str = r#"import sys
+n = int(open(sys.argv[1]).read())
+try:
+    a, b = map(int, sys.stdin.read().split())
+    ok = a >= 1 and b >= 1 and a * b == n
+except Exception:
+    ok = False
+with open(sys.argv[3] + "/judgemessage.txt", "w") as f:
+    f.write("good factors" if ok else "bad factors")
+sys.exit(42 if ok else 43)
+"#;
+
+#[tokio::test]
+async fn a_kattis_checker_accepts_any_valid_answer() {
+    let judge = Judge::standalone(&[]);
+    judge
+        .put(factor_problem("factor", json!({ "program": { "protocol": "KATTIS", "language": "python3", "source": KATTIS_FACTOR } })))
+        .await;
+    // Prints the largest proper factor pair, not the expected "1 n".
+    let other = "import math\nn = int(input())\nd = max(k for k in range(1, math.isqrt(n) + 1) if n % k == 0)\nprint(d, n // d)\n";
+    let (_, r) = judge
+        .judge(
+            ADMIN,
+            json!({ "problemId": "factor", "language": "python3", "source": other }),
+        )
+        .await;
+    assert_eq!(r["verdict"], "ACCEPTED", "{r}");
+    assert_eq!(
+        r["tests"][1]["checkerMessage"], "good factors",
+        "admin sees it: {r}"
+    );
+    let (_, r) = judge
+        .judge(
+            ADMIN,
+            json!({ "problemId": "factor", "language": "python3", "source": "print(2, 2)" }),
+        )
+        .await;
+    assert_eq!(r["verdict"], "WRONG_ANSWER", "{r}");
+    assert_eq!(r["tests"][0]["checkerMessage"], "bad factors", "{r}");
+}
+
+/// testlib protocol, in C: `checker input output answer`. The answer is "1 n"; printing
+/// the product's factors in any order is full marks, printing only n earns half.
+const TESTLIB_C: &str = r#"#include <stdio.h>
+#include "points.h"
+int main(int argc, char **argv) {
+    if (argc < 4) return 3;
+    FILE *in = fopen(argv[1], "r"), *out = fopen(argv[2], "r");
+    long n, a = 0, b = 0;
+    if (!in || !out || fscanf(in, "%ld", &n) != 1) return 3;
+    int got = fscanf(out, "%ld %ld", &a, &b);
+    if (got == 2 && a >= 1 && b >= 1 && a * b == n) { fprintf(stderr, "ok"); return 0; }
+    if (got == 1 && a == n) { printf("%s\n", HALF); fprintf(stderr, "partial"); return 7; }
+    fprintf(stderr, "wrong");
+    return 1;
+}
+"#;
+
+#[tokio::test]
+async fn a_testlib_checker_in_c_gives_partial_points() {
+    let judge = Judge::standalone(&[]);
+    let mut p = factor_problem(
+        "tl",
+        json!({ "program": { "protocol": "TESTLIB", "language": "c", "source": TESTLIB_C,
+            "files": [{ "name": "points.h", "content": "#define HALF \"0.5\"\n" }] } }),
+    );
+    p["groups"] = json!([{ "name": "all", "points": 100.0, "scoring": "PER_TEST" }]);
+    judge.put(p).await;
+    let (_, r) = judge
+        .judge(
+            ADMIN,
+            json!({ "problemId": "tl", "language": "python3", "source": "print(int(input()))" }),
+        )
+        .await;
+    assert_eq!(r["verdict"], "WRONG_ANSWER", "{r}");
+    assert_eq!(r["score"], 50.0, "{r}");
+    assert!(
+        r["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["score"] == 0.5 && t["checkerMessage"] == "partial"),
+        "{r}"
+    );
+    let (_, r) = judge
+        .judge(ADMIN, json!({ "problemId": "tl", "language": "python3", "source": "n = int(input())\nprint(n, 1)" }))
+        .await;
+    assert_eq!(r["verdict"], "ACCEPTED", "{r}");
+    assert_eq!(r["score"], 100.0, "{r}");
+}
+
+#[tokio::test]
+async fn a_crashing_checker_is_internal_error_not_wrong_answer() {
+    let judge = Judge::standalone(&[]);
+    judge
+        .put(factor_problem("crash", json!({ "program": { "protocol": "KATTIS", "language": "python3", "source": "raise SystemExit(1 / 0)" } })))
+        .await;
+    let (_, r) = judge
+        .judge(USER, json!({ "problemId": "crash", "language": "python3", "source": "print(1, int(input()))" }))
+        .await;
+    assert_eq!(r["verdict"], "INTERNAL_ERROR", "{r}");
+    assert_eq!(r["tests"][0]["verdict"], "INTERNAL_ERROR", "{r}");
+    let message = r["message"].as_str().unwrap();
+    assert!(
+        message.contains("checker (KATTIS, python3) of problem crash v1"),
+        "{message}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Versions
+
+#[tokio::test]
+async fn a_problem_changed_while_a_submission_is_queued_is_judged_on_the_old_version() {
+    // No worker yet: the submission waits in the Redis queue.
+    let mut judge = Judge::on_redis(0);
+    judge.put(a_plus_b("pin")).await;
+    let id = judge
+        .submit(
+            USER,
+            json!({ "problemId": "pin", "language": "python3", "source": CORRECT }),
+        )
+        .await;
+    // Version 2 expects a - b: the queued submission must still pass on version 1.
+    let mut v2 = a_plus_b("pin");
+    for t in v2["tests"].as_array_mut().unwrap() {
+        t["expectedOutput"] = json!("wrong\n");
+    }
+    assert_eq!(judge.put(v2).await["version"], 2);
+    judge.add_worker();
+    let _ = judge.events(USER, &id).await;
+    let r = judge.record(USER, &id).await;
+    assert_eq!(r["problemVersion"], 1, "{r}");
+    assert_eq!(r["verdict"], "ACCEPTED", "{r}");
+    assert_eq!(r["score"], 100.0, "{r}");
+    // A new submission gets version 2.
+    let (_, r) = judge
+        .judge(
+            USER,
+            json!({ "problemId": "pin", "language": "python3", "source": CORRECT }),
+        )
+        .await;
+    assert_eq!(r["problemVersion"], 2, "{r}");
+    assert_eq!(r["verdict"], "WRONG_ANSWER", "{r}");
+}
