@@ -823,3 +823,57 @@ async fn a_problem_changed_while_a_submission_is_queued_is_judged_on_the_old_ver
     assert_eq!(r["problemVersion"], 2, "{r}");
     assert_eq!(r["verdict"], "WRONG_ANSWER", "{r}");
 }
+
+/// Bytes Redis uses for every key of namespace `ns` matching `pattern` (MEMORY USAGE).
+async fn redis_bytes(url: &str, ns: &str, pattern: &str) -> (u64, usize) {
+    use fred::prelude::*;
+    let client = Builder::from_config(Config::from_url(url).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    let keys: Vec<String> = client
+        .custom(fred::cmd!("KEYS"), vec![format!("{ns}:{pattern}")])
+        .await
+        .unwrap();
+    let mut total = 0;
+    for k in &keys {
+        let n: Option<u64> = client
+            .custom(
+                fred::cmd!("MEMORY"),
+                vec!["USAGE".to_owned(), k.clone(), "SAMPLES".into(), "0".into()],
+            )
+            .await
+            .unwrap();
+        total += n.unwrap_or(0);
+    }
+    (total, keys.len())
+}
+
+#[tokio::test]
+async fn a_100_test_problem_on_redis_stores_its_data_once_per_content() {
+    let judge = Judge::on_redis(0);
+    let (url, ns) = judge.redis.clone().unwrap();
+    // 100 tests of 1 KiB input and a short answer each.
+    let tests: Vec<Value> = (0..100)
+        .map(|k| json!({ "stdin": format!("{k:04} {}\n", "x".repeat(1019)), "expectedOutput": format!("{k}\n"), "sample": k < 2 }))
+        .collect();
+    let problem = json!({ "id": "big", "title": "Big", "tests": tests });
+    assert_eq!(judge.put(problem.clone()).await["version"], 1);
+    let (data, files) = redis_bytes(&url, &ns, "pdata:*").await;
+    let (record, _) = redis_bytes(&url, &ns, "problem:*").await;
+    assert_eq!(files, 200, "100 inputs and 100 answers");
+    eprintln!("FIGURE 100-test problem on Redis: test data {data} bytes in {files} keys, version record(s) {record} bytes");
+    // A new version changing one test stores one new file and one more record.
+    let mut v2 = problem.clone();
+    v2["tests"][5]["expectedOutput"] = json!("changed\n");
+    assert_eq!(judge.put(v2).await["version"], 2);
+    let (data2, files2) = redis_bytes(&url, &ns, "pdata:*").await;
+    let (record2, _) = redis_bytes(&url, &ns, "problem:*").await;
+    assert_eq!(files2, 201);
+    eprintln!(
+        "FIGURE second version (one answer changed): +{} bytes data, +{} bytes records",
+        data2 - data,
+        record2 - record
+    );
+    assert!(data2 - data < 200, "{data} -> {data2}");
+}
