@@ -1,1 +1,0 @@
-//! Kattis problem packages (filled in step 5).
