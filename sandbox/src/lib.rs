@@ -19,6 +19,7 @@ mod cgroup;
 mod child;
 pub mod dirs;
 mod disk;
+mod error;
 mod fs_policy;
 mod ipc;
 mod nproc;
@@ -28,7 +29,6 @@ mod seccomp;
 mod supervise;
 
 use std::collections::HashMap;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 pub use disk::DiskBudget;
+pub use error::SandboxError;
 pub use rundir::RunDir;
 
 /// Resource limits for one run.
@@ -232,40 +233,6 @@ impl Outcome {
     /// Exited normally with status 0 and hit no limit.
     pub fn success(&self) -> bool {
         self.exit_code == Some(0) && self.limit.is_none()
-    }
-}
-
-/// Our own failures (never the program's outcome).
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    #[error("invalid run spec: {0}")]
-    InvalidSpec(String),
-    #[error("run directory: {context}: {source}")]
-    RunDir { context: String, source: io::Error },
-    #[error("landlock: {0}")]
-    Landlock(String),
-    #[error("seccomp: {0}")]
-    Seccomp(String),
-    #[error("{call}: {source}")]
-    Sys {
-        call: &'static str,
-        source: io::Error,
-    },
-    #[error("sandbox setup failed in the child at `{stage}`: {source}")]
-    ChildSetup {
-        stage: &'static str,
-        source: io::Error,
-    },
-    #[error("cannot execute {program}: {source}")]
-    Exec { program: PathBuf, source: io::Error },
-}
-
-impl SandboxError {
-    pub(crate) fn sys(call: &'static str) -> SandboxError {
-        SandboxError::Sys {
-            call,
-            source: io::Error::last_os_error(),
-        }
     }
 }
 
