@@ -1,13 +1,12 @@
 //! Static pages: the example app at `/` and GraphiQL at `/graphiql`.
 //!
-//! When `frontend-example/dist` existed at compile time (`npm run build` in
-//! `frontend-example/`), `build.rs` embedded it: `/` is the example app, `/graphiql` a
-//! GraphiQL built from the npm `graphiql` package with a graphql-ws fetcher, and
-//! `/assets/*` their scripts and styles. Nothing is loaded from a CDN. Otherwise `/` is a
-//! short page saying how to build the app, and `/graphiql` is async-graphql's page, which
-//! loads GraphiQL from a CDN (a log line says so at start-up).
+//! `build.rs` builds `frontend-example/` (when `dist/` is missing or stale, and Node.js is
+//! present; without it the build fails saying what to install) and embeds `dist/`: `/` is
+//! the example app, `/graphiql` a GraphiQL built from the npm `graphiql` package with a
+//! graphql-ws fetcher, and `/assets/*` their scripts and styles. Nothing is loaded from a
+//! CDN, ever. Only a binary built with `VERDICT_FRONTEND_DIST=` (empty: without the app,
+//! on purpose) serves short pages saying so instead.
 
-use async_graphql::http::GraphiQLSource;
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -42,9 +41,8 @@ pub(crate) fn router() -> Router<AppState> {
         );
     } else {
         tracing::info!(
-            "example app not built into this binary (run `npm ci && npm run build` in \
-             frontend-example/, then rebuild): / shows a placeholder and /graphiql loads \
-             GraphiQL from a CDN"
+            "built with VERDICT_FRONTEND_DIST= (without the example app): / and /graphiql \
+             show placeholders"
         );
     }
     Router::new()
@@ -86,17 +84,7 @@ async fn asset(Path(path): Path<String>) -> Response {
 }
 
 async fn graphiql() -> Response {
-    if let Some(page) = page("/graphiql.html") {
-        return page;
-    }
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/ws")
-            .title("Verdict GraphiQL")
-            .finish(),
-    )
-    .into_response()
+    page("/graphiql.html").unwrap_or_else(|| Html(GRAPHIQL).into_response())
 }
 
 async fn index() -> Response {
@@ -106,10 +94,15 @@ async fn index() -> Response {
 const INDEX: &str = r#"<!doctype html><meta charset="utf-8"><title>Verdict</title>
 <style>body{font:16px system-ui;max-width:40rem;margin:3rem auto;padding:0 1rem}</style>
 <h1>Verdict</h1>
-<p>Real-time code execution over GraphQL. Open <a href="/graphiql">GraphiQL</a> to submit code and
-watch its events live.</p>
-<p>The example web app is not built into this binary. Build it with
-<code>cd frontend-example &amp;&amp; npm ci &amp;&amp; npm run build</code> and rebuild the server.</p>"#;
+<p>Real-time code execution over GraphQL at <code>/graphql</code> (HTTP and graphql-ws).</p>
+<p>This binary was built with <code>VERDICT_FRONTEND_DIST=</code>, without the example app
+and GraphiQL. A plain <code>cargo build</code> (with Node.js installed) embeds both.</p>"#;
+
+const GRAPHIQL: &str = r#"<!doctype html><meta charset="utf-8"><title>Verdict GraphiQL</title>
+<style>body{font:16px system-ui;max-width:40rem;margin:3rem auto;padding:0 1rem}</style>
+<h1>GraphiQL is not built into this binary</h1>
+<p>It was built with <code>VERDICT_FRONTEND_DIST=</code>. A plain <code>cargo build</code>
+(with Node.js installed) embeds a self-hosted GraphiQL; nothing is loaded from a CDN.</p>"#;
 
 #[cfg(test)]
 mod tests {
@@ -138,7 +131,16 @@ mod tests {
         if embedded() {
             assert!(html.contains("id=\"timeline\""), "{html}");
         } else {
-            assert!(html.contains("npm run build"), "{html}");
+            assert!(html.contains("VERDICT_FRONTEND_DIST="), "{html}");
+        }
+    }
+
+    #[test]
+    fn the_app_is_embedded_unless_opted_out() {
+        // build.rs builds frontend-example when dist/ is missing: a plain build embeds it.
+        if option_env!("VERDICT_FRONTEND_DIST") != Some("") {
+            assert!(embedded(), "a plain build must embed frontend-example/dist");
+            assert!(file("/graphiql.html").is_some());
         }
     }
 
@@ -147,10 +149,13 @@ mod tests {
         let (status, html) = body(graphiql().await).await;
         assert_eq!(status, StatusCode::OK);
         assert!(html.contains("GraphiQL"));
+        // Never a CDN, built or not.
+        for cdn in [
+            "unpkg", "jsdelivr", "cdnjs", "esm.sh", "https://", "http://",
+        ] {
+            assert!(!html.contains(cdn), "{cdn} in {html}");
+        }
         if embedded() {
-            for cdn in ["unpkg", "jsdelivr", "cdnjs", "esm.sh", "https://"] {
-                assert!(!html.contains(cdn), "{cdn} in {html}");
-            }
             assert!(!asset_urls(&html).is_empty(), "{html}");
         }
     }
