@@ -28,6 +28,7 @@ mod report;
 mod rundir;
 mod seccomp;
 mod supervise;
+mod sys;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

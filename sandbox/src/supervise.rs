@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::{Before, SlotCgroup};
 use crate::child::{self, ChildPlan, Stage};
+use crate::sys::{
+    self, above_stdio, exited_nowait, give_to, kill_group, pidfd_open, pipe, set_nonblocking,
+    timeval_ms, wait4,
+};
 use crate::{LimitHit, Outcome, RunSpec, Sandbox, SandboxError, StreamKind};
 
 /// Cancel flag poll interval.
@@ -26,53 +30,6 @@ const REAP_GRACE: Duration = Duration::from_millis(250);
 fn cstring(bytes: &[u8], what: &str) -> Result<CString, SandboxError> {
     CString::new(bytes)
         .map_err(|_| SandboxError::InvalidSpec(format!("{what} contains a NUL byte")))
-}
-
-/// A pipe as (read end, write end), both close-on-exec.
-fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` is a valid 2-element array for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(SandboxError::sys("pipe2"));
-    }
-    // SAFETY: pipe2 succeeded, so both fds are fresh and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Ensures a child-side fd is >= 3 so the child's dup2 onto 0..2 never clobbers another.
-fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, SandboxError> {
-    if fd.as_raw_fd() >= 3 {
-        return Ok(fd);
-    }
-    // SAFETY: F_DUPFD_CLOEXEC on a valid fd returns a new fd or -1.
-    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-    if new < 0 {
-        return Err(SandboxError::sys("fcntl(F_DUPFD_CLOEXEC)"));
-    }
-    // SAFETY: `new` is a fresh fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
-}
-
-fn give_to(fd: &OwnedFd, (uid, gid): (u32, u32)) -> Result<(), SandboxError> {
-    // SAFETY: fchown on a valid fd we own.
-    if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
-        return Err(SandboxError::sys("fchown pipe"));
-    }
-    Ok(())
-}
-
-fn set_nonblocking(fd: &OwnedFd) -> Result<(), SandboxError> {
-    // SAFETY: fcntl on a valid fd we own.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(SandboxError::sys("fcntl(F_GETFL)"));
-    }
-    // SAFETY: as above.
-    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
-    if rc < 0 {
-        return Err(SandboxError::sys("fcntl(O_NONBLOCK)"));
-    }
-    Ok(())
 }
 
 fn rlimit(cur: u64, max: u64) -> libc::rlimit {
@@ -406,11 +363,6 @@ impl RunWatch<'_> {
     }
 }
 
-fn kill_group(pid: libc::pid_t) {
-    // SAFETY: kill(2) with a negative pid signals the process group; no memory involved.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
-}
-
 /// Output accounting: both streams share one cap.
 struct Sink<'a> {
     cap: u64,
@@ -483,95 +435,25 @@ fn drain(fd: RawFd, kind: StreamKind, buf: &mut [u8], sink: &mut Sink<'_>) -> Re
 /// Child stack for clone: only the recipe's few frames run on it.
 pub(crate) const CHILD_STACK: usize = 64 * 1024;
 
-/// Starts the child with `clone(CLONE_VM | CLONE_VFORK)`: no page-table copy, and this
-/// thread resumes only once the child has exec'd or exited. All signals are blocked
-/// around the call so no handler of ours can run in the child on the shared memory.
+/// Starts the child (see [`sys::clone_vfork`]) on the slot's reused stack.
 fn spawn(plan: &ChildPlan<'_>, stack: &mut Vec<u8>) -> Result<libc::pid_t, SandboxError> {
     if stack.len() < CHILD_STACK {
         stack.resize(CHILD_STACK, 0);
-    }
-    // SAFETY: the stack grows down from one past the end; we align it to 16 bytes.
-    let top = unsafe { stack.as_mut_ptr().add(stack.len()) };
-    let top = ((top as usize) & !15usize) as *mut libc::c_void;
-
-    // SAFETY: sigset_t is plain old data; the calls fill them.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid sigset pointers.
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
     // SAFETY: `clone_entry` runs the async-signal-safe recipe on `stack`, which lives until
     // we return; CLONE_VFORK suspends this thread until the child execs or exits, so
     // `plan` (on our stack) stays valid for the child's whole use of it.
     let pid = unsafe {
-        libc::clone(
+        sys::clone_vfork(
             child::clone_entry,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            stack,
             plan as *const ChildPlan<'_> as *mut libc::c_void,
         )
     };
-    let err = io::Error::last_os_error();
-    // SAFETY: restores the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    if pid < 0 {
-        return Err(SandboxError::Sys {
-            call: "clone",
-            source: err,
-        });
-    }
-    Ok(pid)
-}
-
-fn wait4(pid: libc::pid_t) -> Result<(libc::c_int, libc::rusage), SandboxError> {
-    let mut status = 0;
-    // SAFETY: rusage is plain old data; zeroed is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `status` and `usage` are valid out-pointers.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            return Ok((status, usage));
-        }
-        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        return Err(SandboxError::sys("wait4"));
-    }
-}
-
-fn timeval_ms(t: libc::timeval) -> u64 {
-    (t.tv_sec.max(0) as u64) * 1000 + (t.tv_usec.max(0) as u64) / 1000
-}
-
-fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes no pointers; returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fresh fd owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Has `pid` exited (without reaping it)?
-fn exited_nowait(pid: libc::pid_t) -> bool {
-    // SAFETY: siginfo_t is plain old data; waitid fills it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid out-pointer; WNOWAIT leaves the child reapable.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: si_pid is valid to read for a SIGCHLD siginfo (zero when nothing happened).
-    r == 0 && unsafe { info.si_pid() } == pid
+    pid.map_err(|source| SandboxError::Sys {
+        call: "clone",
+        source,
+    })
 }
 
 pub(crate) fn run(
@@ -1057,33 +939,17 @@ fn kill_uid(uid: u32) -> bool {
         }
     }
     let mut stack = [0u8; 16 * 1024];
-    // SAFETY: one past the end of `stack`, aligned down to 16 bytes.
-    let top = unsafe { stack.as_mut_ptr().add(stack.len()) };
-    let top = ((top as usize) & !15usize) as *mut libc::c_void;
     // SAFETY: `killer` runs async-signal-safe syscalls on `stack`, which outlives it:
     // CLONE_VFORK suspends us until it has exited. Signals are blocked around the call so
     // no handler of ours runs on the shared memory.
-    let pid = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let pid = libc::clone(
-            killer,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            uid as usize as *mut libc::c_void,
-        );
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        pid
+    let pid = unsafe { sys::clone_vfork(killer, &mut stack, uid as usize as *mut libc::c_void) };
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(e) => {
+            tracing::warn!("clone for the slot killer failed: {e}");
+            return false;
+        }
     };
-    if pid < 0 {
-        tracing::warn!(
-            "clone for the slot killer failed: {}",
-            io::Error::last_os_error()
-        );
-        return false;
-    }
     match wait4(pid) {
         Ok((status, _)) => libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         Err(_) => false,
