@@ -17,6 +17,7 @@
 
 mod cgroup;
 mod child;
+mod cleanup;
 pub mod dirs;
 mod disk;
 mod error;
@@ -317,7 +318,7 @@ impl Sandbox {
         }
         // Orphans of a run (double-forked daemons) are killed after the run; someone has to
         // reap them, and PID 1 in a container often does not. As a subreaper we reap them
-        // ourselves — only children whose uid is a slot uid (see `supervise::reap_orphans`).
+        // ourselves — only children whose uid is a slot uid (see `cleanup::reap_orphans`).
         let reaper = drop_uid && {
             // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes no pointers.
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }
