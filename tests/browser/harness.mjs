@@ -1,8 +1,8 @@
 // Shared by the browser tests: starts `verdict` processes on free ports and Debian's
 // Chromium through playwright-core, and saves screenshots.
 //
-//   VERDICT_BIN        the binary (default target/debug/verdict); it must have been built
-//                      after `npm run build` in frontend-example/, so that it embeds the app
+//   VERDICT_BIN        the binary (default target/debug/verdict); a plain `cargo build`
+//                      embeds the app (server/build.rs builds frontend-example/)
 //   CHROMIUM           the browser (default /usr/bin/chromium); never downloaded
 //   REDIS_URL          Redis for the server + worker tests (default redis://127.0.0.1:6379
 //                      when it answers; skipped otherwise)
