@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::SlotCgroup;
 use crate::sys::{self, wait4};
+use crate::watch::stat_fields;
 use crate::Sandbox;
 
 /// How long we wait for killed leftovers to be reaped.
@@ -109,10 +110,9 @@ fn reap_orphans(uid: u32, cg: Option<&SlotCgroup>) -> usize {
                     continue;
                 };
                 // Fields after the parenthesised comm: state ppid ...
-                let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                let Some(mut fields) = stat_fields(stat.as_bytes()) else {
                     continue;
                 };
-                let mut fields = rest.split_whitespace();
                 let (Some(_state), Some(ppid)) = (fields.next(), fields.next()) else {
                     continue;
                 };

@@ -30,6 +30,7 @@ mod rundir;
 mod seccomp;
 mod supervise;
 mod sys;
+mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
