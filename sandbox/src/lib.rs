@@ -24,6 +24,7 @@ mod error;
 mod fs_policy;
 mod ipc;
 mod nproc;
+mod pump;
 pub mod remove;
 mod report;
 mod rundir;

@@ -3,22 +3,18 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::child::{self, ChildPlan, Stage};
 use crate::cleanup;
-use crate::sys::{
-    self, above_stdio, exited_nowait, give_to, kill_group, pidfd_open, pipe, set_nonblocking,
-    timeval_ms, wait4,
-};
+use crate::pump::{self, Pump, Sink};
+use crate::sys::{self, kill_group, timeval_ms, wait4};
 use crate::watch::RunWatch;
 use crate::{LimitHit, Outcome, RunSpec, Sandbox, SandboxError, StreamKind};
 
-/// Cancel flag poll interval.
-const CANCEL_TICK: Duration = Duration::from_millis(20);
 fn cstring(bytes: &[u8], what: &str) -> Result<CString, SandboxError> {
     CString::new(bytes)
         .map_err(|_| SandboxError::InvalidSpec(format!("{what} contains a NUL byte")))
@@ -100,75 +96,6 @@ fn rlimits(
 /// allocation burst between two samples from taking the machine.
 pub(crate) fn data_backstop(limit_bytes: u64) -> u64 {
     limit_bytes.saturating_mul(4).saturating_add(1 << 30)
-}
-
-/// Output accounting: both streams share one cap.
-struct Sink<'a> {
-    cap: u64,
-    total: u64,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    stdout_truncated: bool,
-    stderr_truncated: bool,
-    on_output: &'a mut dyn FnMut(StreamKind, &[u8]),
-}
-
-impl Sink<'_> {
-    /// Returns false when the cap was exceeded.
-    fn push(&mut self, kind: StreamKind, data: &[u8]) -> bool {
-        let room = self.cap.saturating_sub(self.total);
-        let take = (data.len() as u64).min(room) as usize;
-        if take > 0 {
-            let chunk = &data[..take];
-            match kind {
-                StreamKind::Stdout => self.stdout.extend_from_slice(chunk),
-                StreamKind::Stderr => self.stderr.extend_from_slice(chunk),
-            }
-            self.total += take as u64;
-            (self.on_output)(kind, chunk);
-        }
-        if take < data.len() {
-            match kind {
-                StreamKind::Stdout => self.stdout_truncated = true,
-                StreamKind::Stderr => self.stderr_truncated = true,
-            }
-            return false;
-        }
-        true
-    }
-}
-
-enum ReadResult {
-    Open,
-    Eof,
-    Overflow,
-}
-
-/// Reads what is available on a non-blocking pipe.
-fn drain(fd: RawFd, kind: StreamKind, buf: &mut [u8], sink: &mut Sink<'_>) -> ReadResult {
-    // Bounded so one chatty stream cannot starve the deadline checks.
-    for _ in 0..16 {
-        // SAFETY: `buf` is a valid writable buffer of buf.len() bytes.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n > 0 {
-            if !sink.push(kind, &buf[..n as usize]) {
-                return ReadResult::Overflow;
-            }
-            continue;
-        }
-        if n == 0 {
-            return ReadResult::Eof;
-        }
-        let e = io::Error::last_os_error().raw_os_error();
-        if e == Some(libc::EINTR) {
-            continue;
-        }
-        if e == Some(libc::EAGAIN) {
-            return ReadResult::Open;
-        }
-        return ReadResult::Eof;
-    }
-    ReadResult::Open
 }
 
 /// Child stack for clone: only the recipe's few frames run on it.
@@ -271,22 +198,7 @@ pub(crate) fn run(
     let proc = sb.config.proc_when_uid_dropped;
     let landlock_fd = sb.fs.ruleset_for(spec.dir.path(), proc)?;
 
-    let (stdin_r, stdin_w) = pipe()?;
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
-    let stdin_r = above_stdio(stdin_r)?;
-    let stdout_w = above_stdio(stdout_w)?;
-    let stderr_w = above_stdio(stderr_w)?;
-    if let Some(ids) = ids {
-        // A pipe's inode belongs to its creator with mode 0600, so re-opening it through
-        // /dev/stdin or /proc/self/fd/N failed with EACCES for the slot uid.
-        for fd in [&stdin_r, &stdout_w, &stderr_w] {
-            give_to(fd, ids)?;
-        }
-    }
-    set_nonblocking(&stdin_w)?;
-    set_nonblocking(&stdout_r)?;
-    set_nonblocking(&stderr_r)?;
+    let (child_ends, parent_ends) = pump::stdio_pipes(ids)?;
 
     let report = AtomicU64::new(0);
     // The program starts with an empty signal mask, whatever this thread blocks.
@@ -302,9 +214,9 @@ pub(crate) fn run(
         envp: &envp,
         dir: &dir,
         stdio: [
-            stdin_r.as_raw_fd(),
-            stdout_w.as_raw_fd(),
-            stderr_w.as_raw_fd(),
+            child_ends.stdin_r.as_raw_fd(),
+            child_ends.stdout_w.as_raw_fd(),
+            child_ends.stderr_w.as_raw_fd(),
         ],
         report: &report,
         exec_sigmask: &exec_sigmask,
@@ -325,7 +237,7 @@ pub(crate) fn run(
     if let Some(r) = &shared_uid {
         r.spawned(pid);
     }
-    drop((stdin_r, stdout_w, stderr_w, landlock_fd));
+    drop((child_ends, landlock_fd));
 
     if let Some((code, errno)) = child::decode_report(report.load(Ordering::SeqCst)) {
         kill_group(pid);
@@ -347,15 +259,7 @@ pub(crate) fn run(
         });
     }
 
-    let mut sink = Sink {
-        cap: spec.limits.output_bytes,
-        total: 0,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-        on_output,
-    };
+    let mut sink = Sink::new(spec.limits.output_bytes, on_output);
     let deadline = start + Duration::from_millis(spec.limits.wall_ms);
     let watch = RunWatch::start(
         slot.cgroup.as_ref(),
@@ -366,9 +270,15 @@ pub(crate) fn run(
         start,
         resident_watched,
     );
-    let limit = supervise_io(
-        pid, spec.stdin, stdin_w, stdout_r, stderr_r, deadline, watch, cancel, &mut sink,
-    );
+    let limit = pump::supervise_io(Pump {
+        pid,
+        stdin: spec.stdin,
+        pipes: parent_ends,
+        deadline,
+        watch,
+        cancel,
+        sink: &mut sink,
+    });
 
     // Kill the group while the leader is still unreaped (its pgid cannot be recycled yet).
     kill_group(pid);
@@ -454,164 +364,4 @@ fn oom_message(stderr: &[u8]) -> bool {
     MARKERS
         .iter()
         .any(|m| stderr.windows(m.len()).any(|w| w == *m))
-}
-
-/// The poll loop. Returns the limit that made us stop early, if any.
-#[allow(clippy::too_many_arguments)]
-fn supervise_io(
-    pid: libc::pid_t,
-    stdin: &[u8],
-    stdin_w: OwnedFd,
-    stdout_r: OwnedFd,
-    stderr_r: OwnedFd,
-    deadline: Instant,
-    mut watch: RunWatch<'_>,
-    cancel: &AtomicBool,
-    sink: &mut Sink<'_>,
-) -> Option<LimitHit> {
-    let pidfd = pidfd_open(pid);
-    let mut stdin_w = (!stdin.is_empty()).then_some(stdin_w);
-    let mut stdin_off = 0usize;
-    let mut outs: [Option<OwnedFd>; 2] = [Some(stdout_r), Some(stderr_r)];
-    let kinds = [StreamKind::Stdout, StreamKind::Stderr];
-    let mut buf = vec![0u8; 64 * 1024];
-
-    loop {
-        if cancel.load(Ordering::Relaxed) {
-            kill_group(pid);
-            return Some(LimitHit::Cancelled);
-        }
-        let now = Instant::now();
-        if let Some(hit) = watch.check(now) {
-            kill_group(pid);
-            return Some(hit);
-        }
-        if now >= deadline {
-            kill_group(pid);
-            return Some(LimitHit::WallTime);
-        }
-        let mut timeout = (deadline - now).min(CANCEL_TICK).min(watch.until_next(now));
-        // Without a pidfd, notice the exit by polling.
-        if pidfd.is_none() {
-            if exited_nowait(pid) {
-                break;
-            }
-            timeout = timeout.min(Duration::from_millis(5));
-        }
-
-        let mut pfds: [libc::pollfd; 4] = [libc::pollfd {
-            fd: -1,
-            events: 0,
-            revents: 0,
-        }; 4];
-        if let Some(p) = &pidfd {
-            pfds[0] = libc::pollfd {
-                fd: p.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-        }
-        for (i, o) in outs.iter().enumerate() {
-            if let Some(fd) = o {
-                pfds[1 + i] = libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-            }
-        }
-        if let Some(w) = &stdin_w {
-            pfds[3] = libc::pollfd {
-                fd: w.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-        }
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-        };
-        // SAFETY: `pfds` is a valid array of 4 pollfds (fd -1 entries are ignored); `ts` is
-        // a valid timespec; no signal mask change.
-        let r = unsafe {
-            libc::ppoll(
-                pfds.as_mut_ptr(),
-                pfds.len() as libc::nfds_t,
-                &ts,
-                std::ptr::null(),
-            )
-        };
-        if r < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            // Should not happen; fall back to sleeping a tick.
-            std::thread::sleep(Duration::from_millis(1));
-            continue;
-        }
-
-        if pfds[3].revents != 0 {
-            if let Some(w) = &stdin_w {
-                let rest = &stdin[stdin_off..];
-                // SAFETY: `rest` is a valid readable buffer of rest.len() bytes.
-                let n = unsafe { libc::write(w.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
-                if n > 0 {
-                    stdin_off += n as usize;
-                    if stdin_off >= stdin.len() {
-                        stdin_w = None; // EOF for the program
-                    }
-                } else if n < 0 {
-                    let e = io::Error::last_os_error().raw_os_error();
-                    if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
-                        stdin_w = None; // EPIPE: the program closed stdin
-                    }
-                }
-            }
-        }
-        for i in 0..2 {
-            if pfds[1 + i].revents == 0 {
-                continue;
-            }
-            if let Some(fd) = &outs[i] {
-                match drain(fd.as_raw_fd(), kinds[i], &mut buf, sink) {
-                    ReadResult::Open => {}
-                    ReadResult::Eof => outs[i] = None,
-                    ReadResult::Overflow => {
-                        kill_group(pid);
-                        return Some(LimitHit::Output);
-                    }
-                }
-            }
-        }
-        if pfds[0].revents != 0 {
-            break;
-        }
-    }
-    // The program exited: collect what it wrote, without waiting for EOF (a background
-    // process may still hold the pipes; it is killed next).
-    for i in 0..2 {
-        if let Some(fd) = &outs[i] {
-            loop {
-                match drain(fd.as_raw_fd(), kinds[i], &mut buf, sink) {
-                    ReadResult::Open => {
-                        // drain() stops after 16 reads; go on only if it filled them all.
-                        let mut pfd = libc::pollfd {
-                            fd: fd.as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        };
-                        // SAFETY: one valid pollfd, zero timeout.
-                        if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0
-                            || pfd.revents & libc::POLLIN == 0
-                        {
-                            break;
-                        }
-                    }
-                    ReadResult::Eof => break,
-                    ReadResult::Overflow => return Some(LimitHit::Output),
-                }
-            }
-        }
-    }
-    None
 }
