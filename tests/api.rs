@@ -712,7 +712,9 @@ async fn websocket_connections_per_ip_are_capped() {
 
 /// A keys file with alice and bob (keys `key-alice`, `key-bob`); the directory is leaked
 /// for the life of the test process, which is short.
-fn keys_file() -> std::path::PathBuf {
+/// A keys file for alice and bob, in a directory removed when the returned guard is
+/// dropped (keep it alive while a server may still read the file).
+fn keys_file() -> (verdict_testkit::TempDir, std::path::PathBuf) {
     // Removed on drop, also when an assertion fails.
     let tmp = verdict_testkit::TempDir::new("verdict-keys");
     let dir = tmp.path().to_path_buf();
@@ -723,12 +725,12 @@ fn keys_file() -> std::path::PathBuf {
         sha256_hex("key-bob")
     );
     std::fs::write(&file, keys).unwrap();
-    file
+    (tmp, file)
 }
 
 #[tokio::test]
 async fn websocket_connections_per_key_are_capped_across_servers() {
-    let file = keys_file();
+    let (_keys, file) = keys_file();
     let (a, b, _, _) = two_servers_on_redis(&[
         "--api-keys",
         file.to_str().unwrap(),
@@ -916,7 +918,7 @@ async fn metrics_parse_and_move_with_submissions() {
 
 #[tokio::test]
 async fn unfinished_submissions_per_key_are_capped_across_servers() {
-    let file = keys_file();
+    let (_keys, file) = keys_file();
     let (a, b, url, ns) = two_servers_on_redis(&[
         "--api-keys",
         file.to_str().unwrap(),

@@ -1165,6 +1165,11 @@ impl Broker for RedisBroker {
     }
 
     async fn live_toolchains(&self) -> Result<Option<Toolchains>> {
+        // As in `submit`: while Redis is down, say so at once instead of waiting for the
+        // command timeout (submit asks this first).
+        if !self.client.is_connected() {
+            return Err(BrokerError::Unavailable);
+        }
         let live: Vec<String> = self
             .live_workers_script
             .evalsha_with_reload(
