@@ -141,15 +141,24 @@ pub struct TestResult {
 }
 
 /// Most bytes of each output stream carried inside one event (TestFinishedEvent,
-/// FinishedEvent). Events are fanned out to every subscriber and kept in the log; large
+/// FinishedEvent, where [`FINISHED_EVENT_OUTPUT_CAP`] may cut further). Events are fanned out to every subscriber and kept in the log; large
 /// outputs are read once from the record instead.
 pub const EVENT_OUTPUT_CAP: usize = 1024 * 1024;
 
-fn cap_text(text: &str) -> (String, bool) {
-    if text.len() <= EVENT_OUTPUT_CAP {
+/// Most bytes of output, all tests together, in one FinishedEvent: each stream of each
+/// test gets an equal share (at most [`EVENT_OUTPUT_CAP`], at least
+/// [`MIN_STREAM_SHARE`]), so a 16-test submission does not send one 32 MiB WebSocket
+/// message (more than common clients accept in a frame).
+pub const FINISHED_EVENT_OUTPUT_CAP: usize = 4 * 1024 * 1024;
+
+/// The smallest share of a stream in FinishedEvent, however many tests there are.
+const MIN_STREAM_SHARE: usize = 4 * 1024;
+
+fn cap_text_to(text: &str, cap: usize) -> (String, bool) {
+    if text.len() <= cap {
         return (text.to_owned(), false);
     }
-    let cut = (0..=EVENT_OUTPUT_CAP)
+    let cut = (0..=cap)
         .rev()
         .find(|&k| text.is_char_boundary(k))
         .unwrap_or(0);
@@ -169,8 +178,13 @@ impl TestResult {
     /// This result with stdout and stderr cut to [`EVENT_OUTPUT_CAP`]; `truncated` is set
     /// when anything was cut.
     pub fn for_event(&self) -> TestResult {
-        let (stdout, a) = cap_text(&self.stdout);
-        let (stderr, b) = cap_text(&self.stderr);
+        self.for_event_within(EVENT_OUTPUT_CAP)
+    }
+
+    /// Like [`TestResult::for_event`] with each stream cut to `cap` bytes.
+    fn for_event_within(&self, cap: usize) -> TestResult {
+        let (stdout, a) = cap_text_to(&self.stdout, cap);
+        let (stderr, b) = cap_text_to(&self.stderr, cap);
         TestResult {
             stdout,
             stderr,
@@ -256,13 +270,16 @@ impl Submission {
         }
     }
 
-    /// The copy that travels in FinishedEvent: each test's stdout and stderr cut to
-    /// [`EVENT_OUTPUT_CAP`], so events stay small however large the output limit; the
+    /// The copy that travels in FinishedEvent: each test's stdout and stderr cut to an
+    /// equal share of [`FINISHED_EVENT_OUTPUT_CAP`] (at most [`EVENT_OUTPUT_CAP`]), so
+    /// events stay small however large the output limit and however many tests; the
     /// record (`submission(id)`) keeps all of it.
     pub fn for_event(&self) -> Submission {
+        let streams = 2 * self.tests.len().max(1);
+        let share = (FINISHED_EVENT_OUTPUT_CAP / streams).clamp(MIN_STREAM_SHARE, EVENT_OUTPUT_CAP);
         let mut copy = self.clone();
         for test in &mut copy.tests {
-            *test = test.for_event();
+            *test = test.for_event_within(share);
         }
         copy
     }
