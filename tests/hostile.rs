@@ -273,171 +273,6 @@ int main(void) {
     still_healthy(&server).await;
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Output a submission may leave behind is capped (default 64 MiB per submission, record
-/// and events together): 16 tests x 32 MiB is refused at submit naming the field, and 16
-/// tests x 4 MiB of output, all of it produced, keeps at most the cap.
-#[tokio::test]
-async fn retained_output_is_capped_per_submission() {
-    let server = standalone(bin(), None);
-    let tests: Vec<Value> = (0..16).map(|_| json!({ "stdin": "" })).collect();
-    let source = "import sys\nsys.stdout.write('x' * (4 << 20))";
-    let refused = graphql(
-        &server.http(),
-        "mutation($i: SubmitInput!) { submit(input: $i) { id } }",
-        json!({ "i": { "language": "python3", "source": source, "tests": tests,
-                       "limits": { "outputBytes": 32 << 20 } } }),
-    )
-    .await;
-    let error = &refused["errors"][0];
-    assert_eq!(error["extensions"]["code"], "BAD_USER_INPUT", "{refused}");
-    assert_eq!(error["extensions"]["field"], "outputBytes", "{refused}");
-    assert!(error["message"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("outputBytes"));
-
-    let before = rss_kib(server.proc.pid());
-    let id = submit(
-        &server.http(),
-        json!({ "language": "python3", "source": source, "tests": tests,
-                "limits": { "outputBytes": 4 << 20 } }),
-    )
-    .await;
-    let mut ws = WsClient::connect(&server.ws("/graphql")).await;
-    let events = ws.events(&id, None).await;
-    let last = events.last().unwrap();
-    assert_eq!(
-        last["__typename"], "FinishedEvent",
-        "{}",
-        last["__typename"]
-    );
-    let live: usize = events
-        .iter()
-        .filter_map(|e| e["chunk"].as_str())
-        .map(str::len)
-        .sum();
-    let body = graphql(
-        &server.http(),
-        "query($id: ID!) { submission(id: $id) { verdict tests { stdout truncated } } }",
-        json!({ "id": id }),
-    )
-    .await;
-    let record = &body["data"]["submission"];
-    let kept: usize = record["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["stdout"].as_str().unwrap_or_default().len())
-        .sum();
-    let after = rss_kib(server.proc.pid());
-    println!(
-        "16 x 4 MiB output: live output kept {live} bytes, record {kept} bytes, RSS {before} -> {after} KiB"
-    );
-    assert!(live <= 32 << 20, "live output kept: {live}");
-    assert!(
-        kept + live <= 64 << 20,
-        "record {kept} + live {live} over the 64 MiB cap"
-    );
-    assert!(kept >= 8 << 20, "the record keeps a fair share: {kept}");
-    assert!(record["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|t| t["truncated"] == true));
-    still_healthy(&server).await;
-}
-
-/// Polls `GET /healthz` every 10 ms on its own thread (its own runtime and connection, so
-/// the test's own work cannot delay it) until `stop`; returns the slowest answer and the
-/// number of polls.
-fn poll_healthz(
-    port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<(Duration, usize)> {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let client = reqwest::Client::new();
-            let url = format!("http://127.0.0.1:{port}/healthz");
-            let (mut worst, mut polls) = (Duration::ZERO, 0);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = Instant::now();
-                let r = client.get(&url).send().await.unwrap();
-                assert!(r.status().is_success());
-                let _ = r.text().await.unwrap();
-                worst = worst.max(t.elapsed());
-                polls += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            (worst, polls)
-        })
-    })
-}
-
-/// Removing a run dir with 130k files takes ~2 s of blocking work; two of them ending
-/// together must not stall the API (it did, 1.6-3.4 s, while removal ran on the runtime).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_stays_fast_while_big_run_dirs_are_removed() {
-    let server = standalone(bin(), None);
-    let c = r#"#include <stdio.h>
-#include <fcntl.h>
-#include <unistd.h>
-int main(void){ char p[64]; int made = 0;
-  for (int i = 0; i < 130000; i++) {
-    snprintf(p, sizeof p, "f%d", i);
-    int fd = open(p, O_WRONLY|O_CREAT|O_EXCL, 0600);
-    if (fd < 0) break;
-    close(fd); made++;
-  }
-  printf("%d\n", made); return 0; }"#;
-    let limits = json!({ "wallTimeMs": 30000, "cpuTimeMs": 15000 });
-    // Warm the C toolchain's page cache, so both submissions compile and run in step.
-    let warm = run(&server, "c", "int main(void){return 0;}", json!({})).await;
-    assert_eq!(warm["verdict"], "ACCEPTED", "{warm}");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let poller = poll_healthz(server.port, stop.clone());
-    let t = Instant::now();
-    let second = format!("{c}\n/* second */");
-    let (a, b) = tokio::join!(
-        run(&server, "c", c, limits.clone()),
-        run(&server, "c", &second, limits.clone()),
-    );
-    let ran = t.elapsed();
-    // The run dirs are removed after the results are published: keep polling meanwhile.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (worst, polls) = poller.join().unwrap();
-    println!(
-        "2 x {} + {} files: runs took {ran:?}; /healthz worst {worst:?} over {polls} polls",
-        stdout(&a).trim(),
-        stdout(&b).trim()
-    );
-    for s in [&a, &b] {
-        assert_eq!(s["verdict"], "ACCEPTED", "{s}");
-    }
-    assert!(
-        stdout(&a).trim().parse::<u32>().unwrap_or(0) >= 100_000,
-        "the program could not create its files: {a}"
-    );
-    assert!(
-        worst < Duration::from_millis(100),
-        "/healthz took {worst:?}"
-    );
-    still_healthy(&server).await;
-}
-
 /// `levels` fragments each spreading the next twice: 2^levels fields once expanded, from
 /// about 50 bytes per level.
 fn fragment_bomb(levels: usize) -> String {
@@ -574,6 +409,216 @@ async fn a_fragment_bomb_is_refused_in_linear_time() {
     assert!(
         median < Duration::from_millis(100) && slowest < Duration::from_secs(1),
         "/healthz took {took:?} with {sent} bombs in flight"
+    );
+    still_healthy(&server).await;
+}
+
+/// Each test of a submission runs in a fresh directory: a file, a changed program or a
+/// planted script from test k is gone in test k+1, for interpreted and compiled languages.
+#[tokio::test]
+async fn nothing_a_test_writes_reaches_the_next_test() {
+    let server = standalone(bin(), None);
+    let python = "import os\n\
+                  seen = sorted(f for f in os.listdir('.') if f != 'main.py')\n\
+                  print('seen', seen)\n\
+                  open('state', 'w').write('from an earlier test')\n\
+                  os.mkdir('d')\n";
+    let c = r##"#include <stdio.h>
+#include <unistd.h>
+int main() {
+    int planted = access("state", F_OK) == 0;
+    FILE *f = fopen("state", "w"); fputs("x", f); fclose(f);
+    /* overwrite our own binary: the next test must still run the compiled program */
+    FILE *self = fopen("main", "w"); if (self) { fputs("#!/bin/sh\necho tampered\n", self); fclose(self); }
+    printf("planted=%d\n", planted);
+    return 0;
+}"##;
+    for (language, source, want) in [("python3", python, "seen []\n"), ("c", c, "planted=0\n")] {
+        let id = submit(
+            &server.http(),
+            json!({ "language": language, "source": source,
+                    "tests": [ { "stdin": "" }, { "stdin": "" }, { "stdin": "" } ] }),
+        )
+        .await;
+        let mut ws = WsClient::connect(&server.ws("/graphql")).await;
+        let events = ws.events(&id, None).await;
+        let s = &events.last().unwrap()["submission"];
+        let tests = s["tests"].as_array().unwrap();
+        assert_eq!(tests.len(), 3, "{s}");
+        for t in tests {
+            assert_eq!(t["stdout"], want, "{language}: {s}");
+        }
+    }
+    still_healthy(&server).await;
+}
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Output a submission may leave behind is capped (default 64 MiB per submission, record
+/// and events together): 16 tests x 32 MiB is refused at submit naming the field, and 16
+/// tests x 4 MiB of output, all of it produced, keeps at most the cap.
+#[tokio::test]
+async fn retained_output_is_capped_per_submission() {
+    let server = standalone(bin(), None);
+    let tests: Vec<Value> = (0..16).map(|_| json!({ "stdin": "" })).collect();
+    let source = "import sys\nsys.stdout.write('x' * (4 << 20))";
+    let refused = graphql(
+        &server.http(),
+        "mutation($i: SubmitInput!) { submit(input: $i) { id } }",
+        json!({ "i": { "language": "python3", "source": source, "tests": tests,
+                       "limits": { "outputBytes": 32 << 20 } } }),
+    )
+    .await;
+    let error = &refused["errors"][0];
+    assert_eq!(error["extensions"]["code"], "BAD_USER_INPUT", "{refused}");
+    assert_eq!(error["extensions"]["field"], "outputBytes", "{refused}");
+    assert!(error["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("outputBytes"));
+
+    let before = rss_kib(server.proc.pid());
+    let id = submit(
+        &server.http(),
+        json!({ "language": "python3", "source": source, "tests": tests,
+                "limits": { "outputBytes": 4 << 20 } }),
+    )
+    .await;
+    let mut ws = WsClient::connect(&server.ws("/graphql")).await;
+    let events = ws.events(&id, None).await;
+    let last = events.last().unwrap();
+    assert_eq!(
+        last["__typename"], "FinishedEvent",
+        "{}",
+        last["__typename"]
+    );
+    let live: usize = events
+        .iter()
+        .filter_map(|e| e["chunk"].as_str())
+        .map(str::len)
+        .sum();
+    let body = graphql(
+        &server.http(),
+        "query($id: ID!) { submission(id: $id) { verdict tests { stdout truncated } } }",
+        json!({ "id": id }),
+    )
+    .await;
+    let record = &body["data"]["submission"];
+    let kept: usize = record["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["stdout"].as_str().unwrap_or_default().len())
+        .sum();
+    let after = rss_kib(server.proc.pid());
+    println!(
+        "16 x 4 MiB output: live output kept {live} bytes, record {kept} bytes, RSS {before} -> {after} KiB"
+    );
+    assert!(live <= 32 << 20, "live output kept: {live}");
+    assert!(
+        kept + live <= 64 << 20,
+        "record {kept} + live {live} over the 64 MiB cap"
+    );
+    assert!(kept >= 8 << 20, "the record keeps a fair share: {kept}");
+    assert!(record["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["truncated"] == true));
+    still_healthy(&server).await;
+}
+
+/// Polls `GET /healthz` every 10 ms on its own thread (its own runtime and connection, so
+/// the test's own work cannot delay it) until `stop`; returns the slowest answer and the
+/// number of polls.
+fn poll_healthz(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Duration>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = reqwest::Client::new();
+            let url = format!("http://127.0.0.1:{port}/healthz");
+            let mut took = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = client.get(&url).send().await.unwrap();
+                assert!(r.status().is_success());
+                let _ = r.text().await.unwrap();
+                took.push(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            took.sort();
+            took
+        })
+    })
+}
+
+/// Removing a run dir with 130k files takes ~2 s of blocking work; two of them ending
+/// together must not stall the API (it did, 1.6-3.4 s, while removal ran on the runtime).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_stays_fast_while_big_run_dirs_are_removed() {
+    let server = standalone(bin(), None);
+    let c = r#"#include <stdio.h>
+#include <fcntl.h>
+#include <unistd.h>
+int main(void){ char p[64]; int made = 0;
+  for (int i = 0; i < 130000; i++) {
+    snprintf(p, sizeof p, "f%d", i);
+    int fd = open(p, O_WRONLY|O_CREAT|O_EXCL, 0600);
+    if (fd < 0) break;
+    close(fd); made++;
+  }
+  printf("%d\n", made); return 0; }"#;
+    let limits = json!({ "wallTimeMs": 30000, "cpuTimeMs": 15000 });
+    // Warm the C toolchain's page cache, so both submissions compile and run in step.
+    let warm = run(&server, "c", "int main(void){return 0;}", json!({})).await;
+    assert_eq!(warm["verdict"], "ACCEPTED", "{warm}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = poll_healthz(server.port, stop.clone());
+    let t = Instant::now();
+    let second = format!("{c}\n/* second */");
+    let (a, b) = tokio::join!(
+        run(&server, "c", c, limits.clone()),
+        run(&server, "c", &second, limits.clone()),
+    );
+    let ran = t.elapsed();
+    // The run dirs are removed after the results are published: keep polling meanwhile.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let took = poller.join().unwrap();
+    let polls = took.len();
+    let worst = took.last().copied().unwrap_or_default();
+    let p99 = took[(polls * 99 / 100).min(polls.saturating_sub(1))];
+    println!(
+        "2 x {} + {} files: runs took {ran:?}; /healthz p99 {p99:?}, worst {worst:?} over {polls} polls",
+        stdout(&a).trim(),
+        stdout(&b).trim()
+    );
+    for s in [&a, &b] {
+        assert_eq!(s["verdict"], "ACCEPTED", "{s}");
+    }
+    assert!(
+        stdout(&a).trim().parse::<u32>().unwrap_or(0) >= 100_000,
+        "the program could not create its files: {a}"
+    );
+    // The stall was 1.6-3.4 s; on a busy shared machine one poll can lose a scheduler
+    // slice, so the bound is on the 99th percentile, with a looser one on the worst.
+    assert!(polls > 100, "only {polls} polls");
+    assert!(p99 < Duration::from_millis(100), "/healthz p99 {p99:?}");
+    assert!(
+        worst < Duration::from_millis(600),
+        "/healthz took {worst:?}"
     );
     still_healthy(&server).await;
 }
