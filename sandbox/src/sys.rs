@@ -61,6 +61,16 @@ pub(crate) fn kill_group(pid: libc::pid_t) {
     unsafe { libc::kill(-pid, libc::SIGKILL) };
 }
 
+/// A signal set with no signal in it.
+pub(crate) fn empty_sigmask() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises it.
+    unsafe {
+        let mut set = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    }
+}
+
 /// Runs `entry(arg)` in a child started with `clone(CLONE_VM | CLONE_VFORK | SIGCHLD)` on
 /// `stack`: no page-table copy, and this thread resumes only once the child has exec'd or
 /// exited. All signals are blocked around the call so no handler of ours can run in the

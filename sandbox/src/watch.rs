@@ -299,7 +299,7 @@ impl<'a> RunWatch<'a> {
 #[cfg(test)]
 mod tests {
     use super::{proc_stat_ticks, statm_resident};
-    use crate::supervise::data_backstop;
+    use crate::rlimits::data_backstop;
 
     #[test]
     fn statm_resident_is_the_second_field() {
