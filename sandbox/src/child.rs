@@ -184,6 +184,10 @@ fn itoa(mut n: u32, buf: &mut [u8; 12]) -> &[u8] {
 
 /// Applies the recipe and execs. Never returns.
 ///
+/// Long on purpose: the layers are applied in one order that matters (see the crate
+/// docs), inside one unsafe block under one safety argument, in a child that shares our
+/// memory until it execs; read top to bottom, the numbered steps are that order.
+///
 /// # Safety
 /// Must only be called in a freshly cloned (CLONE_VM | CLONE_VFORK) or forked child.
 /// All pointers in `plan` must be valid (they point into the parent's memory, which the
