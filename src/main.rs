@@ -40,6 +40,34 @@ enum Command {
     Languages(CatalogueArgs),
     /// Show which sandbox layers are active on this machine.
     Doctor,
+    /// Manage stored problems.
+    #[command(subcommand)]
+    Problems(ProblemsCommand),
+}
+
+#[derive(Subcommand)]
+enum ProblemsCommand {
+    /// Store a Kattis problem package (a directory or a .zip) in Redis as a new version
+    /// (an unchanged package is not stored again).
+    Import(ImportArgs),
+}
+
+#[derive(Args, Clone)]
+struct ImportArgs {
+    /// The package: a directory or a .zip.
+    path: PathBuf,
+    /// Problem id (default: the directory or zip name, lowercased).
+    #[arg(long)]
+    id: Option<String>,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The servers' limits apply: give the same --max-* flags (or environment).
+    #[command(flatten)]
+    limits: LimitsArgs,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(flatten)]
+    catalogue: CatalogueArgs,
 }
 
 #[derive(Args, Clone)]
@@ -432,7 +460,10 @@ fn has_secret(url: &str) -> bool {
 /// Warns when a Redis URL with a password was given as `--redis-url` on the command line
 /// (rather than from the environment or a file), where any local user can read it.
 fn warn_on_secret_in_argv(matches: &ArgMatches) {
-    let matches = matches.subcommand().map_or(matches, |(_, sub)| sub);
+    let mut matches = matches;
+    while let Some((_, sub)) = matches.subcommand() {
+        matches = sub;
+    }
     let Ok(Some(url)) = matches.try_get_one::<String>("redis_url") else {
         return;
     };
@@ -457,6 +488,10 @@ struct StandaloneArgs {
     /// Jobs run at once (default: number of cores).
     #[arg(long, env = "VERDICT_CONCURRENCY")]
     concurrency: Option<usize>,
+    /// Load every Kattis package under DIR (subdirectories with a problem.yaml, and .zip
+    /// files; the id is the name) at start-up.
+    #[arg(long, env = "VERDICT_PROBLEMS_DIR")]
+    problems_dir: Option<PathBuf>,
     #[command(flatten)]
     tuning: WorkerTuning,
     #[command(flatten)]
@@ -473,6 +508,10 @@ struct StandaloneArgs {
 struct ServerArgs {
     #[arg(long, env = "VERDICT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Load every Kattis package under DIR (subdirectories with a problem.yaml, and .zip
+    /// files; the id is the name) at start-up.
+    #[arg(long, env = "VERDICT_PROBLEMS_DIR")]
+    problems_dir: Option<PathBuf>,
     #[command(flatten)]
     api: ApiArgs,
     #[command(flatten)]
@@ -527,6 +566,23 @@ async fn broker(url: Option<&str>, args: &BrokerArgs) -> Result<SharedBroker, Bo
         .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact(url)))?,
         None => MemoryBroker::new(settings(args)),
     })
+}
+
+/// `--problems-dir`: every package under DIR, stored before the API opens.
+async fn load_problems(
+    dir: Option<&std::path::Path>,
+    problems: &SharedProblems,
+    policy: &verdict_server::InputPolicy,
+    catalogue: &Arc<Catalogue>,
+) -> Result<(), BoxError> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    let loaded = verdict_server::package::import_dir(dir, problems, policy, catalogue)
+        .await
+        .map_err(|e| format!("--problems-dir {}: {e}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), problems = loaded.len(), "problem packages loaded");
+    Ok(())
 }
 
 /// The problem store: on Redis when a URL is given, else in memory.
@@ -752,6 +808,8 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let broker = broker(redis_url.as_deref(), &args.broker).await?;
             let problems = problem_store(redis_url.as_deref(), &args.broker).await?;
             let catalogue = catalogue(&args.catalogue).await?;
+            let policy = input_policy(&args.limits, &args.broker)?;
+            load_problems(args.problems_dir.as_deref(), &problems, &policy, &catalogue).await?;
             let worker = start_worker(
                 Arc::clone(&broker),
                 Arc::clone(&problems),
@@ -769,7 +827,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 catalogue,
                 args.listen,
                 &args.api,
-                input_policy(&args.limits, &args.broker)?,
+                policy,
                 shutdown.clone(),
                 redis_url
                     .as_deref()
@@ -786,6 +844,8 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let broker = broker(Some(&redis_url), &args.broker).await?;
             let problems = problem_store(Some(&redis_url), &args.broker).await?;
             let catalogue = catalogue(&args.catalogue).await?;
+            let policy = input_policy(&args.limits, &args.broker)?;
+            load_problems(args.problems_dir.as_deref(), &problems, &policy, &catalogue).await?;
             let redis = Some((redis_url.as_str(), args.broker.redis_namespace.as_str()));
             start_server(
                 broker,
@@ -793,12 +853,35 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 catalogue,
                 args.listen,
                 &args.api,
-                input_policy(&args.limits, &args.broker)?,
+                policy,
                 shutdown,
                 redis,
             )
             .await?
             .await??;
+        }
+        Command::Problems(ProblemsCommand::Import(args)) => {
+            let redis_url = args.redis.required().await?;
+            let problems = problem_store(Some(&redis_url), &args.broker).await?;
+            let catalogue = catalogue(&args.catalogue).await?;
+            let policy = input_policy(&args.limits, &args.broker)?;
+            let id = args
+                .id
+                .clone()
+                .unwrap_or_else(|| verdict_server::package::default_id(&args.path));
+            let stored = verdict_server::package::import_path(
+                &args.path, &id, &problems, &policy, &catalogue,
+            )
+            .await
+            .map_err(|e| format!("{}: {e}", args.path.display()))?;
+            println!(
+                "{} version {}: {} tests, {} groups, max score {}",
+                stored.id,
+                stored.version,
+                stored.tests.len(),
+                stored.groups.len(),
+                stored.max_score()
+            );
         }
         Command::Worker(args) => {
             let shutdown = shutdown_on_signal();

@@ -877,3 +877,431 @@ async fn a_100_test_problem_on_redis_stores_its_data_once_per_content() {
     );
     assert!(data2 - data < 200, "{data} -> {data2}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Kattis problem packages: a directory and a zip, through importProblem (a real multipart
+// POST), `verdict problems import` and `--problems-dir`; bad packages.
+
+const VALIDATOR_PY: &str = r#"import os, sys
+answer = open(sys.argv[2]).read().split()
+output = sys.stdin.read().split()
+if output == answer:
+    sys.exit(42)
+with open(os.path.join(sys.argv[3], "judgemessage.txt"), "w") as f:
+    f.write("expected " + " ".join(answer))
+sys.exit(43)
+"#;
+
+/// Writes `files` (path, content) under `dir`.
+fn write_tree(dir: &Path, files: &[(String, Vec<u8>)]) {
+    for (path, content) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+}
+
+fn zip_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, content) in files {
+        zip.start_file(name.as_str(), options).unwrap();
+        zip.write_all(content).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+fn file(path: &str, content: impl Into<Vec<u8>>) -> (String, Vec<u8>) {
+    (path.to_owned(), content.into())
+}
+
+/// A+B in the 2025-09 format: a scoring problem, 1 sample, groups g1 (40, small numbers,
+/// `test_group.yaml`) and g2 (60, big numbers, legacy `testdata.yaml`), a Python output
+/// validator, a Markdown statement.
+fn package_2025() -> Vec<(String, Vec<u8>)> {
+    let mut files = vec![
+        file(
+            "problem.yaml",
+            "problem_format_version: 2025-09\ntype: scoring\nname:\n  en: Sum of two\nlimits:\n  time_limit: 2.5\n  memory: 256\n",
+        ),
+        file("statement/problem.en.md", "# Sum\n\nPrint a + b.\n"),
+        file("output_validator/validator.py", VALIDATOR_PY),
+        file("data/sample/1.in", "1 2\n"),
+        file("data/sample/1.ans", "3\n"),
+        file("data/secret/g1/test_group.yaml", "max_score: 40\n"),
+        file("data/secret/g2/testdata.yaml", "max_score: 60\n"),
+    ];
+    for k in 0..3 {
+        files.push(file(
+            &format!("data/secret/g1/{k}.in"),
+            format!("{k} {k}\n"),
+        ));
+        files.push(file(
+            &format!("data/secret/g1/{k}.ans"),
+            format!("{}\n", 2 * k),
+        ));
+        let big = 1_000_000_000u64 + k;
+        files.push(file(
+            &format!("data/secret/g2/{k}.in"),
+            format!("{big} 1\n"),
+        ));
+        files.push(file(
+            &format!("data/secret/g2/{k}.ans"),
+            format!("{}\n", big + 1),
+        ));
+    }
+    files
+}
+
+/// A+B in the legacy format, inside a top folder (as `zip -r sum sum/` makes it):
+/// pass-fail, `problem_statement/`, `output_validators/check/`, tests right in secret/.
+fn package_legacy() -> Vec<(String, Vec<u8>)> {
+    let mut files = vec![
+        file(
+            "sum/problem.yaml",
+            "name: Sum (legacy)\nvalidation: custom\nlimits:\n  memory: 128\n",
+        ),
+        file("sum/problem_statement/problem.md", "Print a + b.\n"),
+        file("sum/output_validators/check/check.py", VALIDATOR_PY),
+        file("sum/data/sample/01.in", "1 2\n"),
+        file("sum/data/sample/01.ans", "3\n"),
+    ];
+    for k in 0..4 {
+        files.push(file(
+            &format!("sum/data/secret/{k:02}.in"),
+            format!("{k} 10\n"),
+        ));
+        files.push(file(
+            &format!("sum/data/secret/{k:02}.ans"),
+            format!("{}\n", k + 10),
+        ));
+    }
+    files
+}
+
+const IMPORT: &str = "mutation($id: ID!, $p: Upload!) { importProblem(id: $id, package: $p) { id version title statement testCount maxScore samples { name stdin expectedOutput } groups { name points testCount } } }";
+
+/// A GraphQL multipart request (graphql-multipart-request-spec) with one file, built by
+/// hand; `headers` are added as given.
+async fn multipart_import(
+    base: &str,
+    headers: &[(&str, &str)],
+    id: &str,
+    zip: &[u8],
+) -> (reqwest::StatusCode, Value) {
+    let boundary = "verdict-boundary-7d1b9c";
+    let operations = json!({ "query": IMPORT, "variables": { "id": id, "p": null } });
+    let mut body = Vec::new();
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{operations}\r\n").as_bytes());
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n{{\"0\": [\"variables.p\"]}}\r\n").as_bytes());
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"0\"; filename=\"{id}.zip\"\r\nContent-Type: application/zip\r\n\r\n").as_bytes());
+    body.extend_from_slice(zip);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/graphql"))
+        .header(
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+async fn import_zip(judge: &Judge, id: &str, zip: &[u8]) -> Value {
+    let auth = format!("Bearer {ADMIN}");
+    let (status, body) =
+        multipart_import(&judge.server.http(), &[("Authorization", &auth)], id, zip).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Correct and wrong-on-big-numbers solutions against the 2025-09 package as `id`.
+async fn judge_sum_2025(judge: &Judge, id: &str) {
+    let (_, r) = judge
+        .judge(
+            USER,
+            json!({ "problemId": id, "language": "python3", "source": CORRECT }),
+        )
+        .await;
+    assert_eq!(r["verdict"], "ACCEPTED", "{r}");
+    assert_eq!(r["score"], 100.0, "{r}");
+    let (_, r) = judge
+        .judge(
+            USER,
+            json!({ "problemId": id, "language": "python3", "source": WRONG_ON_G2 }),
+        )
+        .await;
+    assert_eq!(r["verdict"], "WRONG_ANSWER", "{r}");
+    assert_eq!(r["score"], 40.0, "{r}");
+    let groups = r["groups"].as_array().unwrap();
+    let g2 = groups.iter().find(|g| g["name"] == "g2").unwrap();
+    assert_eq!(g2["verdict"], "WRONG_ANSWER", "{r}");
+    // Hidden: no checker message for the non-admin caller.
+    assert!(
+        r["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["checkerMessage"].is_null()),
+        "{r}"
+    );
+}
+
+fn assert_sum_2025(p: &Value) {
+    assert_eq!(p["title"], "Sum of two", "{p}");
+    assert_eq!(p["statement"], "# Sum\n\nPrint a + b.\n");
+    assert_eq!(p["testCount"], 7);
+    assert_eq!(p["maxScore"], 100.0);
+    assert_eq!(
+        p["samples"],
+        json!([{ "name": "sample/1", "stdin": "1 2\n", "expectedOutput": "3\n" }])
+    );
+    assert_eq!(
+        p["groups"],
+        json!([{ "name": "sample", "points": 0.0, "testCount": 1 },
+               { "name": "g1", "points": 40.0, "testCount": 3 },
+               { "name": "g2", "points": 60.0, "testCount": 3 }])
+    );
+}
+
+#[tokio::test]
+async fn a_kattis_zip_imports_through_multipart_import_problem_and_judges() {
+    let judge = Judge::standalone(&[]);
+    let zip = zip_of(&package_2025());
+    let body = import_zip(&judge, "sum", &zip).await;
+    assert!(body["errors"].is_null(), "{body}");
+    let p = &body["data"]["importProblem"];
+    assert_eq!(p["version"], 1);
+    assert_sum_2025(p);
+    judge_sum_2025(&judge, "sum").await;
+
+    // The legacy format, zipped with its top folder: a new problem; pass-fail.
+    let body = import_zip(&judge, "legacy", &zip_of(&package_legacy())).await;
+    assert!(body["errors"].is_null(), "{body}");
+    let p = &body["data"]["importProblem"];
+    assert_eq!(p["title"], "Sum (legacy)");
+    assert_eq!(p["statement"], "Print a + b.\n");
+    assert_eq!(
+        p["groups"],
+        json!([{ "name": "sample", "points": 0.0, "testCount": 1 }, { "name": "secret", "points": 100.0, "testCount": 4 }])
+    );
+    let (_, r) = judge
+        .judge(
+            USER,
+            json!({ "problemId": "legacy", "language": "python3", "source": CORRECT }),
+        )
+        .await;
+    assert_eq!(
+        (r["verdict"].as_str(), r["score"].as_f64()),
+        (Some("ACCEPTED"), Some(100.0)),
+        "{r}"
+    );
+
+    // Importing again makes version 2.
+    let body = import_zip(&judge, "sum", &zip).await;
+    assert_eq!(body["data"]["importProblem"]["version"], 2, "{body}");
+}
+
+#[tokio::test]
+async fn import_problem_multipart_keeps_the_csrf_guard_and_the_admin_role() {
+    let judge = Judge::standalone(&[]);
+    let zip = zip_of(&package_2025());
+    let base = judge.server.http();
+    // No Authorization and no Apollo-Require-Preflight: a cross-site form could send it.
+    let (status, body) = multipart_import(&base, &[], "sum", &zip).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["data"].is_null());
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Apollo-Require-Preflight"),
+        "{body}"
+    );
+    // Apollo-Require-Preflight passes the guard; without a key the caller is then refused.
+    let (status, body) =
+        multipart_import(&base, &[("Apollo-Require-Preflight", "true")], "sum", &zip).await;
+    assert_eq!(status, 401, "{body}");
+    // A key that is not admin: FORBIDDEN, and nothing stored.
+    let auth = format!("Bearer {USER}");
+    let (_, body) = multipart_import(&base, &[("Authorization", &auth)], "sum", &zip).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{body}"
+    );
+    let q = judge
+        .gql(USER, "{ problem(id: \"sum\") { id } }", json!({}))
+        .await;
+    assert!(q["data"]["problem"].is_null(), "{q}");
+}
+
+#[tokio::test]
+async fn kattis_packages_load_from_problems_dir_as_directory_and_zip() {
+    let dir = TempDir::new("verdict-problems-dir");
+    write_tree(&dir.path().join("sum"), &package_2025());
+    std::fs::write(dir.path().join("Legacy.zip"), zip_of(&package_legacy())).unwrap();
+    std::fs::write(dir.path().join("README.txt"), "not a package").unwrap();
+    let judge = Judge::standalone(&["--problems-dir", dir.path().to_str().unwrap()]);
+    let body = judge
+        .gql(USER, "{ problems { id version title } problem(id: \"sum\") { title statement testCount maxScore samples { name stdin expectedOutput } groups { name points testCount } } }", json!({}))
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+    assert_eq!(
+        body["data"]["problems"],
+        json!([{ "id": "legacy", "version": 1, "title": "Sum (legacy)" }, { "id": "sum", "version": 1, "title": "Sum of two" }]),
+        "{body}"
+    );
+    assert_sum_2025(&body["data"]["problem"]);
+    judge_sum_2025(&judge, "sum").await;
+}
+
+fn import_cli(judge: &Judge, path: &Path, id: &str) -> std::process::Output {
+    let (url, ns) = judge.redis.clone().unwrap();
+    Command::new(bin())
+        .args(["problems", "import"])
+        .arg(path)
+        .args(["--id", id])
+        .env_remove("VERDICT_REDIS_URL_FILE")
+        .env("VERDICT_REDIS_URL", url)
+        .env("VERDICT_REDIS_NAMESPACE", ns)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn kattis_packages_import_through_the_cli_on_redis_and_judge() {
+    let judge = Judge::on_redis(1);
+    let dir = TempDir::new("verdict-package-cli");
+    write_tree(&dir.path().join("sum"), &package_2025());
+    let out = import_cli(&judge, &dir.path().join("sum"), "sum");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("sum version 1: 7 tests, 3 groups"), "{said}");
+    // The same package again is unchanged: no new version.
+    let out = import_cli(&judge, &dir.path().join("sum"), "sum");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sum version 1"),
+        "{out:?}"
+    );
+    let zip = dir.path().join("legacy.zip");
+    std::fs::write(&zip, zip_of(&package_legacy())).unwrap();
+    let out = import_cli(&judge, &zip, "legacy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let body = judge
+        .gql(USER, "{ problem(id: \"sum\") { title statement testCount maxScore samples { name stdin expectedOutput } groups { name points testCount } } }", json!({}))
+        .await;
+    assert_sum_2025(&body["data"]["problem"]);
+    judge_sum_2025(&judge, "sum").await;
+    let (_, r) = judge
+        .judge(
+            USER,
+            json!({ "problemId": "legacy", "language": "python3", "source": CORRECT }),
+        )
+        .await;
+    assert_eq!(r["verdict"], "ACCEPTED", "{r}");
+
+    // A bad package through the CLI: a failure naming the file, nothing stored.
+    let mut broken = package_2025();
+    broken.retain(|(p, _)| p != "data/secret/g1/1.ans");
+    write_tree(&dir.path().join("broken"), &broken);
+    let out = import_cli(&judge, &dir.path().join("broken"), "broken");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data/secret/g1/1.in") && err.contains("1.ans"),
+        "{err}"
+    );
+    let q = judge
+        .gql(USER, "{ problem(id: \"broken\") { id } }", json!({}))
+        .await;
+    assert!(q["data"]["problem"].is_null(), "{q}");
+}
+
+#[tokio::test]
+async fn bad_kattis_packages_are_bad_user_input_naming_the_file_and_store_nothing() {
+    let judge = Judge::standalone(&["--max-problem-bytes", "4000000"]);
+    let without = |drop: &dyn Fn(&str) -> bool| {
+        let mut files = package_2025();
+        files.retain(|(p, _)| !drop(p));
+        zip_of(&files)
+    };
+    let mut unknown_language = package_2025();
+    unknown_language.retain(|(p, _)| !p.starts_with("output_validator/"));
+    unknown_language.push(file(
+        "output_validator/validator.cobol",
+        "IDENTIFICATION DIVISION.",
+    ));
+    let mut escaping = package_2025();
+    escaping.push(file("../evil.txt", "outside"));
+    let mut bomb = package_2025();
+    bomb.push(file("data/secret/g1/huge.txt", vec![0u8; 3_900_000]));
+    // Over --max-problem-bytes unpacked, compressing poorly (no ratio alarm).
+    let mut too_big = package_2025();
+    let mut x: u32 = 1;
+    let noise: Vec<u8> = (0..4_100_000)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            b'a' + (x >> 24) as u8 % 26
+        })
+        .collect();
+    too_big.push(file("data/secret/g1/noise.txt", noise));
+    let mut interactive = package_2025();
+    interactive[0] = file("problem.yaml", "name: I\ntype: interactive\n");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "nodata",
+            without(&|p| p.starts_with("data/")),
+            "data/secret",
+        ),
+        (
+            "noanswer",
+            without(&|p| p == "data/secret/g2/2.ans"),
+            "data/secret/g2/2.in",
+        ),
+        (
+            "unknownlang",
+            zip_of(&unknown_language),
+            "output_validator/validator.cobol",
+        ),
+        ("escaping", zip_of(&escaping), "../evil.txt"),
+        ("bomb", zip_of(&bomb), "data/secret/g1/huge.txt"),
+        ("toobig", zip_of(&too_big), "--max-problem-bytes"),
+        ("interactive", zip_of(&interactive), "problem.yaml"),
+        ("notazip", b"PK not really".to_vec(), "zip"),
+    ];
+    for (id, zip, names) in cases {
+        let body = import_zip(&judge, id, &zip).await;
+        let e = &body["errors"][0];
+        assert_eq!(e["extensions"]["code"], "BAD_USER_INPUT", "{id}: {body}");
+        let message = e["message"].as_str().unwrap();
+        assert!(message.contains(names), "{id}: {message}");
+        eprintln!("{id}: {message}");
+        let q = judge
+            .gql(
+                ADMIN,
+                "query($id: ID!) { problem(id: $id) { id } }",
+                json!({ "id": id }),
+            )
+            .await;
+        assert!(q["data"]["problem"].is_null(), "{id} left a problem: {q}");
+    }
+    let q = judge.gql(ADMIN, "{ problems { id } }", json!({})).await;
+    assert_eq!(q["data"]["problems"], json!([]), "{q}");
+}

@@ -226,6 +226,74 @@ fn json_content_type(headers: &HeaderMap) -> bool {
     utf8 && (media == "application/json" || media == "application/graphql-response+json")
 }
 
+/// `multipart/form-data`: a GraphQL multipart request (file uploads, `importProblem`).
+fn multipart_content_type(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("multipart/form-data"))
+}
+
+/// A GraphQL multipart request (graphql-multipart-request-spec). A browser form may post
+/// multipart/form-data cross-site without a preflight, so the request must carry a header
+/// no form can set: `Authorization` or `Apollo-Require-Preflight` (the CSRF guard stays).
+/// The body may be as large as a problem's test data plus 1 MiB; one file at most.
+async fn graphql_multipart(
+    state: AppState,
+    accept: Accept,
+    parts: Parts,
+    body: axum::body::Body,
+) -> Response {
+    let headers = &parts.headers;
+    if !headers.contains_key(header::AUTHORIZATION)
+        && !headers.contains_key("apollo-require-preflight")
+    {
+        return state.refuse(
+            Rejection::UnsupportedMediaType,
+            error_response(
+                StatusCode::BAD_REQUEST,
+                accept,
+                "BAD_REQUEST",
+                "a multipart/form-data POST needs an Authorization or an Apollo-Require-Preflight header (CSRF guard)",
+            ),
+        );
+    }
+    let caller = match state.caller(headers, peer_ip(&parts)) {
+        Ok(c) => c,
+        Err(e) => return state.unauthenticated(accept, e),
+    };
+    let cap = usize::try_from(state.api.policy.max_problem_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(state.access.limits.body_bytes(&state.api.policy))
+        .saturating_add(1024 * 1024);
+    let bytes = match axum::body::to_bytes(body, cap).await {
+        Ok(b) => b,
+        Err(_) => {
+            return state.refuse(
+                Rejection::TooLarge,
+                error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    accept,
+                    "PAYLOAD_TOO_LARGE",
+                    format!("the request body is larger than {cap} bytes"),
+                ),
+            )
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let options = async_graphql::http::MultipartOptions::default()
+        .max_num_files(1)
+        .max_file_size(cap);
+    match async_graphql::http::receive_body(content_type, bytes.as_ref(), options).await {
+        Ok(request) => state.execute(accept, request, caller).await,
+        Err(e) => state.bad_request(accept, format!("bad multipart request: {e}")),
+    }
+}
+
 async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let Some(accept) = negotiate(&parts.headers) else {
@@ -239,6 +307,9 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             ),
         );
     };
+    if multipart_content_type(&parts.headers) {
+        return graphql_multipart(state, accept, parts, body).await;
+    }
     if !json_content_type(&parts.headers) {
         return state.refuse(
             Rejection::UnsupportedMediaType,

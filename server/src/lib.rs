@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod limits;
 mod metrics;
+pub mod package;
 pub mod problems;
 mod schema;
 mod validate;

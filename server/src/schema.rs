@@ -708,6 +708,38 @@ impl MutationRoot {
         })
     }
 
+    /// Imports a Kattis problem package (a zip, as a GraphQL multipart upload) as a new
+    /// version of problem `id` (admin only). A bad package is BAD_USER_INPUT naming the
+    /// file, and nothing of it is stored.
+    async fn import_problem(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        package: async_graphql::Upload,
+    ) -> Result<Problem> {
+        let s = state(ctx)?;
+        s.roles
+            .require_manage(&caller(ctx))
+            .map_err(|e| e.extend())?;
+        let upload = package.value(ctx).map_err(|e| {
+            ApiError::bad("package", format!("cannot read the upload: {e}")).extend()
+        })?;
+        let (problem, data) = crate::package::build_zip(
+            upload.content,
+            id.0,
+            s.policy.clone(),
+            Arc::clone(&s.catalogue),
+        )
+        .await
+        .map_err(|e| e.extend())?;
+        let stored = s.problems.put(problem, data).await.map_err(gql)?;
+        tracing::info!(problem = %stored.id, version = stored.version, tests = stored.tests.len(), file = %upload.filename, "problem package imported");
+        Ok(Problem {
+            stored,
+            store: Arc::clone(&s.problems),
+        })
+    }
+
     /// Deletes a problem (admin only); false when unknown. Submissions already queued
     /// against it are still judged on their version.
     async fn delete_problem(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
