@@ -364,8 +364,16 @@ async fn a_plus_b_scores_100_30_and_0_on_redis() {
 }
 
 #[tokio::test]
-async fn a_non_admin_key_gets_forbidden_for_put_and_delete() {
-    let judge = Judge::standalone(&[]);
+async fn a_non_admin_key_gets_forbidden_for_put_and_delete_standalone() {
+    a_non_admin_key_gets_forbidden_for_put_and_delete(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn a_non_admin_key_gets_forbidden_for_put_and_delete_on_redis() {
+    a_non_admin_key_gets_forbidden_for_put_and_delete(&Judge::on_redis(1)).await;
+}
+
+async fn a_non_admin_key_gets_forbidden_for_put_and_delete(judge: &Judge) {
     let body = judge
         .gql(
             USER,
@@ -484,8 +492,16 @@ fn assert_no_secret(what: &str, v: &Value) {
 }
 
 #[tokio::test]
-async fn secrecy_problem_queries_never_show_hidden_input_or_answer() {
-    let judge = Judge::standalone(&[]);
+async fn secrecy_problem_queries_never_show_hidden_input_or_answer_standalone() {
+    secrecy_problem_queries_never_show_hidden_input_or_answer(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn secrecy_problem_queries_never_show_hidden_input_or_answer_on_redis() {
+    secrecy_problem_queries_never_show_hidden_input_or_answer(&Judge::on_redis(1)).await;
+}
+
+async fn secrecy_problem_queries_never_show_hidden_input_or_answer(judge: &Judge) {
     judge.put(secret_problem("echo")).await;
     for key in [USER, ADMIN] {
         let body = judge
@@ -502,9 +518,17 @@ async fn secrecy_problem_queries_never_show_hidden_input_or_answer() {
 }
 
 #[tokio::test]
-async fn secrecy_no_output_event_for_a_hidden_test() {
-    let judge = Judge::standalone(&[]);
-    let (_, events, record) = echo_run(&judge).await;
+async fn secrecy_no_output_event_for_a_hidden_test_standalone() {
+    secrecy_no_output_event_for_a_hidden_test(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn secrecy_no_output_event_for_a_hidden_test_on_redis() {
+    secrecy_no_output_event_for_a_hidden_test(&Judge::on_redis(1)).await;
+}
+
+async fn secrecy_no_output_event_for_a_hidden_test(judge: &Judge) {
+    let (_, events, record) = echo_run(judge).await;
     assert_eq!(record["verdict"], "ACCEPTED", "{record}");
     let outputs: Vec<_> = events
         .iter()
@@ -515,9 +539,17 @@ async fn secrecy_no_output_event_for_a_hidden_test() {
 }
 
 #[tokio::test]
-async fn secrecy_test_finished_events_of_hidden_tests_carry_no_output() {
-    let judge = Judge::standalone(&[]);
-    let (_, events, _) = echo_run(&judge).await;
+async fn secrecy_test_finished_events_of_hidden_tests_carry_no_output_standalone() {
+    secrecy_test_finished_events_of_hidden_tests_carry_no_output(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn secrecy_test_finished_events_of_hidden_tests_carry_no_output_on_redis() {
+    secrecy_test_finished_events_of_hidden_tests_carry_no_output(&Judge::on_redis(1)).await;
+}
+
+async fn secrecy_test_finished_events_of_hidden_tests_carry_no_output(judge: &Judge) {
+    let (_, events, _) = echo_run(judge).await;
     let finished: Vec<_> = events
         .iter()
         .filter(|e| e["__typename"] == "TestFinishedEvent")
@@ -537,9 +569,18 @@ async fn secrecy_test_finished_events_of_hidden_tests_carry_no_output() {
 }
 
 #[tokio::test]
-async fn secrecy_finished_event_and_submission_record_carry_no_hidden_output() {
-    let judge = Judge::standalone(&[]);
-    let (id, events, record) = echo_run(&judge).await;
+async fn secrecy_finished_event_and_submission_record_carry_no_hidden_output_standalone() {
+    secrecy_finished_event_and_submission_record_carry_no_hidden_output(&Judge::standalone(&[]))
+        .await;
+}
+
+#[tokio::test]
+async fn secrecy_finished_event_and_submission_record_carry_no_hidden_output_on_redis() {
+    secrecy_finished_event_and_submission_record_carry_no_hidden_output(&Judge::on_redis(1)).await;
+}
+
+async fn secrecy_finished_event_and_submission_record_carry_no_hidden_output(judge: &Judge) {
+    let (id, events, record) = echo_run(judge).await;
     let last = events.last().unwrap();
     assert_eq!(last["__typename"], "FinishedEvent");
     assert_no_secret("FinishedEvent", last);
@@ -547,17 +588,26 @@ async fn secrecy_finished_event_and_submission_record_carry_no_hidden_output() {
     assert_no_secret("every event", &json!(events));
     assert_eq!(record["tests"][1]["stdout"], "");
     assert_eq!(record["tests"][0]["stdout"], "hello\n");
-    // An admin key sees everything.
+    // An admin key sees everything, the client's submissions too (design: roles).
     let full = judge.record(ADMIN, &id).await;
-    assert!(
-        full.is_null(),
-        "not the admin's submission: unknown to it ({full})"
+    assert_eq!(
+        full["tests"][1]["stdout"],
+        format!("{SECRET_INPUT} {SECRET}\n"),
+        "{full}"
     );
 }
 
 #[tokio::test]
-async fn secrecy_admin_keys_see_hidden_output_in_their_submissions() {
-    let judge = Judge::standalone(&[]);
+async fn secrecy_admin_keys_see_hidden_output_in_their_submissions_standalone() {
+    secrecy_admin_keys_see_hidden_output_in_their_submissions(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn secrecy_admin_keys_see_hidden_output_in_their_submissions_on_redis() {
+    secrecy_admin_keys_see_hidden_output_in_their_submissions(&Judge::on_redis(1)).await;
+}
+
+async fn secrecy_admin_keys_see_hidden_output_in_their_submissions(judge: &Judge) {
     judge.put(secret_problem("echo")).await;
     let (_, record) = judge
         .judge(
@@ -575,8 +625,16 @@ async fn secrecy_admin_keys_see_hidden_output_in_their_submissions() {
 }
 
 #[tokio::test]
-async fn secrecy_no_checker_message_on_a_hidden_test() {
-    let judge = Judge::standalone(&[]);
+async fn secrecy_no_checker_message_on_a_hidden_test_standalone() {
+    secrecy_no_checker_message_on_a_hidden_test(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn secrecy_no_checker_message_on_a_hidden_test_on_redis() {
+    secrecy_no_checker_message_on_a_hidden_test(&Judge::on_redis(1)).await;
+}
+
+async fn secrecy_no_checker_message_on_a_hidden_test(judge: &Judge) {
     let mut p = secret_problem("echochk");
     p["checker"] = json!({ "program": { "protocol": "KATTIS", "language": "python3", "source": KATTIS_ECHO_CHECKER } });
     judge.put(p).await;
@@ -639,8 +697,16 @@ print("FOUND", len(found), " ".join(found).replace("SECRET", "S"))
 "#;
 
 #[tokio::test]
-async fn secrecy_answer_files_are_not_readable_from_the_sandbox() {
-    let judge = Judge::standalone(&[]);
+async fn secrecy_answer_files_are_not_readable_from_the_sandbox_standalone() {
+    secrecy_answer_files_are_not_readable_from_the_sandbox(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn secrecy_answer_files_are_not_readable_from_the_sandbox_on_redis() {
+    secrecy_answer_files_are_not_readable_from_the_sandbox(&Judge::on_redis(1)).await;
+}
+
+async fn secrecy_answer_files_are_not_readable_from_the_sandbox(judge: &Judge) {
     let mut p = secret_problem("search");
     p["checker"] = json!({ "compare": "TOKENS" });
     judge.put(p).await;
@@ -691,8 +757,16 @@ sys.exit(42 if ok else 43)
 "#;
 
 #[tokio::test]
-async fn a_kattis_checker_accepts_any_valid_answer() {
-    let judge = Judge::standalone(&[]);
+async fn a_kattis_checker_accepts_any_valid_answer_standalone() {
+    a_kattis_checker_accepts_any_valid_answer(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn a_kattis_checker_accepts_any_valid_answer_on_redis() {
+    a_kattis_checker_accepts_any_valid_answer(&Judge::on_redis(1)).await;
+}
+
+async fn a_kattis_checker_accepts_any_valid_answer(judge: &Judge) {
     judge
         .put(factor_problem("factor", json!({ "program": { "protocol": "KATTIS", "language": "python3", "source": KATTIS_FACTOR } })))
         .await;
@@ -737,8 +811,16 @@ int main(int argc, char **argv) {
 "#;
 
 #[tokio::test]
-async fn a_testlib_checker_in_c_gives_partial_points() {
-    let judge = Judge::standalone(&[]);
+async fn a_testlib_checker_in_c_gives_partial_points_standalone() {
+    a_testlib_checker_in_c_gives_partial_points(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn a_testlib_checker_in_c_gives_partial_points_on_redis() {
+    a_testlib_checker_in_c_gives_partial_points(&Judge::on_redis(1)).await;
+}
+
+async fn a_testlib_checker_in_c_gives_partial_points(judge: &Judge) {
     let mut p = factor_problem(
         "tl",
         json!({ "program": { "protocol": "TESTLIB", "language": "c", "source": TESTLIB_C,
@@ -770,8 +852,16 @@ async fn a_testlib_checker_in_c_gives_partial_points() {
 }
 
 #[tokio::test]
-async fn a_crashing_checker_is_internal_error_not_wrong_answer() {
-    let judge = Judge::standalone(&[]);
+async fn a_crashing_checker_is_internal_error_not_wrong_answer_standalone() {
+    a_crashing_checker_is_internal_error_not_wrong_answer(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn a_crashing_checker_is_internal_error_not_wrong_answer_on_redis() {
+    a_crashing_checker_is_internal_error_not_wrong_answer(&Judge::on_redis(1)).await;
+}
+
+async fn a_crashing_checker_is_internal_error_not_wrong_answer(judge: &Judge) {
     judge
         .put(factor_problem("crash", json!({ "program": { "protocol": "KATTIS", "language": "python3", "source": "raise SystemExit(1 / 0)" } })))
         .await;
@@ -1304,4 +1394,76 @@ async fn bad_kattis_packages_are_bad_user_input_naming_the_file_and_store_nothin
     }
     let q = judge.gql(ADMIN, "{ problems { id } }", json!({})).await;
     assert_eq!(q["data"]["problems"], json!([]), "{q}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Roles: an admin key may read, watch and cancel every submission, whoever owns it.
+
+#[tokio::test]
+async fn admin_keys_read_watch_and_cancel_every_submission_standalone() {
+    admin_keys_read_watch_and_cancel_every_submission(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn admin_keys_read_watch_and_cancel_every_submission_on_redis() {
+    admin_keys_read_watch_and_cancel_every_submission(&Judge::on_redis(1)).await;
+}
+
+async fn admin_keys_read_watch_and_cancel_every_submission(judge: &Judge) {
+    let id = judge
+        .submit(
+            USER,
+            json!({ "language": "python3", "source": "print(input())", "stdin": "hi\n" }),
+        )
+        .await;
+    // Watch the client's submission as admin, to the end.
+    let events = judge.events(ADMIN, &id).await;
+    assert_eq!(
+        events.last().unwrap()["__typename"],
+        "FinishedEvent",
+        "{events:?}"
+    );
+    let r = judge.record(ADMIN, &id).await;
+    assert_eq!(r["verdict"], "ACCEPTED", "{r}");
+    assert_eq!(r["tests"][0]["stdout"], "hi\n", "{r}");
+    // A client key still sees only its own.
+    let admins = judge
+        .submit(
+            ADMIN,
+            json!({ "language": "python3", "source": "print(2)" }),
+        )
+        .await;
+    let q = judge
+        .gql(
+            USER,
+            "query($id: ID!) { submission(id: $id) { id } }",
+            json!({ "id": admins }),
+        )
+        .await;
+    assert!(q["data"]["submission"].is_null(), "{q}");
+    let q = judge
+        .gql(
+            USER,
+            "mutation($id: ID!) { cancel(id: $id) { id } }",
+            json!({ "id": admins }),
+        )
+        .await;
+    assert_eq!(q["errors"][0]["extensions"]["code"], "NOT_FOUND", "{q}");
+    // Cancel the client's running submission as admin.
+    let spin = judge
+        .submit(
+            USER,
+            json!({ "language": "python3", "source": SPIN, "limits": { "cpuTimeMs": 10000, "wallTimeMs": 20000 } }),
+        )
+        .await;
+    let c = judge
+        .gql(
+            ADMIN,
+            "mutation($id: ID!) { cancel(id: $id) { id status verdict } }",
+            json!({ "id": spin }),
+        )
+        .await;
+    assert_eq!(c["data"]["cancel"]["verdict"], "CANCELLED", "{c}");
+    let r = judge.record(USER, &spin).await;
+    assert_eq!(r["verdict"], "CANCELLED", "{r}");
 }
