@@ -43,6 +43,44 @@ enum Command {
     /// Manage stored problems.
     #[command(subcommand)]
     Problems(ProblemsCommand),
+    /// Print an end-user JWT signed with the HS256 secret (development and tests).
+    Token(TokenArgs),
+}
+
+#[derive(Args, Clone)]
+struct TokenArgs {
+    /// The user (`sub` claim); their submissions belong to `user:<sub>`.
+    #[arg(long)]
+    sub: String,
+    /// Lifetime: seconds, or a number with s, m, h or d.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: u64,
+    #[arg(long, env = "VERDICT_JWT_HS256_SECRET_FILE")]
+    jwt_hs256_secret_file: PathBuf,
+    #[arg(long, env = "VERDICT_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    #[arg(long, env = "VERDICT_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+}
+
+/// `90`, `90s`, `15m`, `1h`, `2d` → seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number of seconds, or 15m, 1h, 2d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    Ok(n.saturating_mul(scale))
 }
 
 #[derive(Subcommand)]
@@ -315,6 +353,44 @@ struct ApiArgs {
     /// Refuse schema introspection (`__schema`, `__type`).
     #[arg(long, env = "VERDICT_NO_INTROSPECTION")]
     no_introspection: bool,
+    #[command(flatten)]
+    jwt: JwtArgs,
+}
+
+/// End-user tokens (server/src/jwt.rs): a platform's backend mints them per user.
+#[derive(Args, Clone)]
+struct JwtArgs {
+    /// File holding the HS256 shared secret for end-user JWTs.
+    #[arg(long, env = "VERDICT_JWT_HS256_SECRET_FILE")]
+    jwt_hs256_secret_file: Option<PathBuf>,
+    /// Public keys for end-user JWTs (RS256, ES256, EdDSA by `kid`): a PEM file or a
+    /// JWKS JSON file.
+    #[arg(long, env = "VERDICT_JWT_PUBLIC_KEYS")]
+    jwt_public_keys: Option<PathBuf>,
+    /// Required `iss` of end-user JWTs, when set.
+    #[arg(long, env = "VERDICT_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` of end-user JWTs, when set.
+    #[arg(long, env = "VERDICT_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+}
+
+impl JwtArgs {
+    fn verifier(&self) -> Result<verdict_server::jwt::JwtVerifier, BoxError> {
+        let mut v = verdict_server::jwt::JwtVerifier::new()
+            .with_issuer(self.jwt_issuer.clone())
+            .with_audience(self.jwt_audience.clone());
+        if let Some(path) = &self.jwt_hs256_secret_file {
+            v = v.load_hs256_secret(path)?;
+        }
+        if let Some(path) = &self.jwt_public_keys {
+            v = v.load_public_keys(path)?;
+        }
+        if v.is_configured() {
+            tracing::info!(algorithms = ?v.algorithms(), "end-user tokens accepted");
+        }
+        Ok(v)
+    }
 }
 
 impl ApiArgs {
@@ -328,7 +404,7 @@ impl ApiArgs {
             text.push('\n');
             text.push_str(inline);
         }
-        let keys = verdict_server::ApiKeys::parse(&text)?;
+        let keys = verdict_server::ApiKeys::parse(&text)?.with_jwt(self.jwt.verifier()?);
         if keys.is_open() && !listen.ip().is_loopback() {
             if !self.insecure_no_auth {
                 return Err(format!(
@@ -761,6 +837,17 @@ async fn start_server(
 async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command.unwrap_or(Command::Standalone(cli.standalone)) {
         Command::Schema => print!("{}", verdict_server::sdl()),
+        Command::Token(args) => {
+            let secret = verdict_server::jwt::read_secret(&args.jwt_hs256_secret_file)?;
+            let token = verdict_server::jwt::sign_hs256(
+                &secret,
+                &args.sub,
+                args.ttl,
+                args.jwt_issuer.as_deref(),
+                args.jwt_audience.as_deref(),
+            )?;
+            println!("{token}");
+        }
         Command::Languages(args) => {
             let catalogue = catalogue(&args).await?;
             let mut missing = 0;

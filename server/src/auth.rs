@@ -20,6 +20,8 @@ pub struct ApiKeys {
     /// Names of the keys whose line ends in `:admin` (they manage problems and see
     /// hidden tests).
     admins: std::collections::HashSet<String>,
+    /// End-user tokens (jwt.rs), when configured.
+    jwt: Option<Arc<crate::jwt::JwtVerifier>>,
 }
 
 /// Who made a request.
@@ -29,6 +31,14 @@ pub enum Caller {
     Anonymous { ip: Option<IpAddr> },
     /// Authenticated by the key named `name`.
     Key { name: Arc<str> },
+    /// An end user, by a verified JWT (jwt.rs); `owner` is `user:<sub>`.
+    User {
+        owner: Arc<str>,
+        /// The token's `exp` (unix seconds).
+        exp: u64,
+        /// The token's `verdict.problems` claim, when present.
+        problems: Option<Arc<[String]>>,
+    },
 }
 
 impl Caller {
@@ -37,6 +47,7 @@ impl Caller {
         match self {
             Caller::Anonymous { .. } => None,
             Caller::Key { name } => Some(name),
+            Caller::User { owner, .. } => Some(owner),
         }
     }
 
@@ -50,6 +61,7 @@ impl Caller {
     pub fn bucket(&self) -> String {
         match self {
             Caller::Key { name } => format!("key:{name}"),
+            Caller::User { owner, .. } => owner.to_string(),
             Caller::Anonymous { ip: Some(ip) } => format!("ip:{ip}"),
             Caller::Anonymous { ip: None } => "ip:unknown".into(),
         }
@@ -63,6 +75,8 @@ pub enum AuthError {
     Missing,
     #[error("the API key is not valid")]
     Invalid,
+    #[error("the token is refused: {0}")]
+    Token(#[from] crate::jwt::JwtError),
 }
 
 /// A key file could not be read or parsed.
@@ -76,9 +90,15 @@ impl ApiKeys {
         ApiKeys::default()
     }
 
-    /// True when no keys are configured.
+    /// True when no keys and no end-user tokens are configured.
     pub fn is_open(&self) -> bool {
-        self.by_digest.is_empty()
+        self.by_digest.is_empty() && self.jwt.is_none()
+    }
+
+    /// Also accepts end-user tokens verified by `verifier` (ignored when it has no key).
+    pub fn with_jwt(mut self, verifier: crate::jwt::JwtVerifier) -> Self {
+        self.jwt = verifier.is_configured().then(|| Arc::new(verifier));
+        self
     }
 
     /// Number of configured keys.
@@ -177,6 +197,18 @@ impl ApiKeys {
             Some(_) => return Err(AuthError::Invalid),
             None => credential,
         };
+        // A JWT has three dot-separated base64url parts; an API key has no dots.
+        if crate::jwt::looks_like_jwt(key) {
+            let Some(jwt) = &self.jwt else {
+                return Err(AuthError::Invalid);
+            };
+            let user = jwt.verify(key)?;
+            return Ok(Caller::User {
+                owner: format!("user:{}", user.sub).into(),
+                exp: user.exp,
+                problems: user.problems.map(Into::into),
+            });
+        }
         // A lookup by digest: comparing digests, not keys, so timing reveals nothing
         // usable about a key.
         match self.by_digest.get(&digest(key)) {

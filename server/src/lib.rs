@@ -5,6 +5,7 @@ mod app;
 mod assets;
 mod auth;
 mod error;
+pub mod jwt;
 mod limits;
 mod metrics;
 pub mod package;

@@ -190,8 +190,10 @@ impl Access {
     /// drops; None when the key already has the maximum open (on all servers, when the
     /// count is shared). Anonymous callers are counted per IP at the upgrade instead.
     pub async fn ws_key_connection(self: &Arc<Self>, caller: &Caller) -> Option<KeySlot> {
-        let Caller::Key { name } = caller else {
-            return Some(KeySlot(None));
+        // End users are counted like keys, under their owner name (`user:<sub>`).
+        let name = match caller {
+            Caller::Key { name } | Caller::User { owner: name, .. } => name,
+            Caller::Anonymous { .. } => return Some(KeySlot(None)),
         };
         let max = self.limits.max_ws_per_key;
         if let Some(shared) = &self.limits.shared {
