@@ -8,6 +8,7 @@
 mod common;
 mod latency;
 mod poll;
+mod problem;
 mod subs;
 mod throughput;
 
@@ -80,6 +81,14 @@ enum Cmd {
         /// Submissions the subscriptions are spread over.
         #[arg(long, default_value_t = 10)]
         submissions: usize,
+    },
+    /// A stored problem with many tests and a cached C solution vs bare runs.
+    Problem {
+        #[arg(long, default_value_t = 100)]
+        tests: usize,
+        /// Submissions per deployment.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
     },
     /// Everything, with sizes that finish in about ten minutes on two cores.
     All {
@@ -193,6 +202,9 @@ async fn run(cli: Cli) {
                 report.push(t);
             }
         }
+        Cmd::Problem { tests, samples } => {
+            report.push(problem::measure(&bin, &modes, tests, samples).await);
+        }
         Cmd::Subs { conns, submissions } => {
             subs::ensure_nofile(conns.iter().max().copied().unwrap_or(0) as u64 + 4096);
             report.push(subs::measure(&bin, &conns, submissions).await);
@@ -223,6 +235,7 @@ async fn run(cli: Cli) {
                 report.push(t);
             }
             report.push(subs::measure(&bin, &conns, submissions).await);
+            report.push(problem::measure(&bin, &modes, 100, 20).await);
         }
     }
 }
