@@ -143,8 +143,13 @@ struct BrokerArgs {
     )]
     max_retained_bytes_per_submission: u64,
     /// Embedded broker: MiB all kept submissions may take before the oldest finished
-    /// ones are evicted early. 0 = no budget.
-    #[arg(long, env = "VERDICT_MAX_RETAINED_MB", default_value_t = 512)]
+    /// ones are evicted early. 0 = no budget. Default: a quarter of this machine's RAM
+    /// (MemTotal in /proc/meminfo), at most 1024.
+    #[arg(
+        long,
+        env = "VERDICT_MAX_RETAINED_MB",
+        default_value_t = verdict_broker::default_max_retained_mb()
+    )]
     max_retained_mb: u64,
 }
 

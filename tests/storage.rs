@@ -140,7 +140,8 @@ async fn standalone_rereads_the_same_bytes() {
     assert_eq!(stdout.len(), BIG_BYTES);
     let (_, stdout) = run_and_reread(&server, "print(1)").await;
     assert_eq!(stdout, "1\n");
-    // The embedded broker's own accounting, and its budget (default 512 MiB).
+    // The embedded broker's own accounting, and its budget (default: a quarter of RAM,
+    // at most 1 GiB).
     let metrics = server.metrics().await;
     let kept = gauge(&metrics, "verdict_broker_retained_bytes").unwrap();
     println!("standalone keeps {kept} bytes for one 200 KB-output and one small submission");
@@ -150,6 +151,6 @@ async fn standalone_rereads_the_same_bytes() {
     );
     assert_eq!(
         gauge(&metrics, "verdict_broker_retained_budget_bytes"),
-        Some(512 * 1024 * 1024)
+        Some(verdict_broker::default_max_retained_mb() * 1024 * 1024)
     );
 }

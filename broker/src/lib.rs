@@ -35,6 +35,7 @@ pub use memory::MemoryBroker;
 pub use problems::*;
 pub use quota::{ConnectionCount, RedisQuota};
 pub use redis::{RedisBroker, RedisSettings};
+pub use retention::{default_max_retained_mb, MAX_DEFAULT_RETAINED_MB};
 pub use types::*;
 pub use watch::{watch, EventStream};
 
@@ -70,7 +71,8 @@ pub struct BrokerSettings {
     pub max_retained_bytes_per_submission: u64,
     /// The embedded broker only: bytes all records and logs may hold together before the
     /// oldest finished submissions are evicted early (0 = no budget). Unfinished ones are
-    /// never evicted. On Redis, `maxmemory` plays this part.
+    /// never evicted. On Redis, `maxmemory` plays this part. Default: a quarter of the
+    /// machine's RAM, at most 1 GiB ([`default_max_retained_mb`]).
     pub max_retained_bytes: u64,
     /// A worker whose heartbeat is older than this is presumed dead: its jobs are taken
     /// back at once instead of after the visibility timeout. Workers refresh it every
@@ -86,7 +88,7 @@ impl Default for BrokerSettings {
             visibility_timeout: Duration::from_secs(10),
             max_unfinished_per_owner: 0,
             max_retained_bytes_per_submission: DEFAULT_MAX_RETAINED_PER_SUBMISSION,
-            max_retained_bytes: 512 * 1024 * 1024,
+            max_retained_bytes: retention::default_max_retained_mb() * 1024 * 1024,
             worker_alive: Duration::from_secs(3),
         }
     }

@@ -124,6 +124,28 @@ pub(crate) fn fit_submission(
     fits
 }
 
+/// The most the default budget ([`default_max_retained_mb`]) gives, whatever the RAM.
+pub const MAX_DEFAULT_RETAINED_MB: u64 = 1024;
+
+/// Fallback when the machine's memory cannot be read (no `/proc/meminfo`).
+const FALLBACK_RETAINED_MB: u64 = 512;
+
+/// Default of `--max-retained-mb`: a quarter of the machine's RAM (`MemTotal` in
+/// `/proc/meminfo`), at most [`MAX_DEFAULT_RETAINED_MB`]; 512 when it cannot be read.
+pub fn default_max_retained_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| budget_from_meminfo(&text))
+        .unwrap_or(FALLBACK_RETAINED_MB)
+}
+
+/// A quarter of `MemTotal` in MiB, capped at [`MAX_DEFAULT_RETAINED_MB`] and at least 1.
+fn budget_from_meminfo(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((kib / 1024 / 4).clamp(1, MAX_DEFAULT_RETAINED_MB))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +200,20 @@ mod tests {
         let fits = fit_tests(&mut tests, 50, |t| 100 + text_len(t));
         assert!(!fits);
         assert_eq!(text_len(&tests), 0);
+    }
+
+    #[test]
+    fn default_budget_is_a_quarter_of_ram_at_most_a_gib() {
+        let meminfo = |kib: u64| format!("MemFree: 1 kB\nMemTotal:       {kib} kB\n");
+        assert_eq!(budget_from_meminfo(&meminfo(2 * 1024 * 1024)), Some(512));
+        assert_eq!(budget_from_meminfo(&meminfo(24_683_664)), Some(1024));
+        assert_eq!(budget_from_meminfo(&meminfo(1000)), Some(1));
+        assert_eq!(budget_from_meminfo("MemTotal: lots"), None);
+        assert_eq!(budget_from_meminfo(""), None);
+        let default = default_max_retained_mb();
+        assert!(
+            (1..=MAX_DEFAULT_RETAINED_MB).contains(&default),
+            "{default}"
+        );
     }
 }
