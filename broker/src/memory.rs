@@ -105,6 +105,10 @@ struct State {
     verdicts: HashMap<String, u64>,
     queue_wait: Histogram,
     run_time: Histogram,
+    /// The verdict feed (feed.rs): (entry number, final record), oldest first, capped at
+    /// `feed_max_len`; `feed_next` numbers the next entry.
+    feed: VecDeque<(u64, Submission)>,
+    feed_next: u64,
 }
 
 /// In-process broker with Redis' semantics.
@@ -397,6 +401,8 @@ impl Broker for MemoryBroker {
                 run_time,
                 finished,
                 retained,
+                feed,
+                feed_next,
                 ..
             } = &mut *guard;
             let Some(record) = records.get_mut(&submission.id) else {
@@ -448,6 +454,13 @@ impl Broker for MemoryBroker {
                     submission: Box::new(last.for_event()),
                 },
             );
+            // The verdict feed: appended here, at the first final write only.
+            *feed_next += 1;
+            feed.push_back((*feed_next, last.clone()));
+            let cap = usize::try_from(self.settings.feed_max_len.max(1)).unwrap_or(usize::MAX);
+            while feed.len() > cap {
+                feed.pop_front();
+            }
             record.submission = last;
             let moved = to_u64(Self::refer_to_record(record));
             record.log_bytes = record.log_bytes.saturating_sub(moved);
@@ -474,6 +487,25 @@ impl Broker for MemoryBroker {
         } else {
             Outputs::Gone
         })
+    }
+
+    async fn finished_after(&self, after: &str, limit: usize) -> Result<Vec<crate::FeedEntry>> {
+        let after: u64 = after
+            .split('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let state = self.state();
+        Ok(state
+            .feed
+            .iter()
+            .filter(|(n, _)| *n > after)
+            .take(limit.max(1))
+            .map(|(n, s)| crate::FeedEntry {
+                id: format!("{n}-0"),
+                submission: s.clone(),
+            })
+            .collect())
     }
 
     async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {

@@ -74,6 +74,10 @@ impl Names {
     fn unfinished(&self, owner: Option<&str>) -> String {
         format!("{}:unfinished:{}", self.ns, owner.unwrap_or("-"))
     }
+    /// The verdict feed (feed.rs).
+    fn finished(&self) -> String {
+        format!("{}:finished", self.ns)
+    }
     /// Finished submissions by verdict, for metrics.
     fn verdicts(&self) -> String {
         format!("{}:verdicts", self.ns)
@@ -217,7 +221,11 @@ if limit > 0 then
 end
 redis.call('HSET', KEYS[1], 'done', '1')
 for i = 15, 14 + n do redis.call('HDEL', KEYS[1], 't:' .. ARGV[i]) end
-for i = 15 + n, #ARGV - 1, 2 do redis.call('LSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 15 + n, #ARGV - 3, 2 do redis.call('LSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local feed = cjson.decode(ARGV[#ARGV])
+table.insert(feed, 'submission')
+table.insert(feed, ARGV[3])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[#ARGV - 1], '*', unpack(feed))
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local head = '{"seq":' .. seq
 local ev = head .. string.sub(ARGV[1], 9)
@@ -1003,6 +1011,7 @@ impl Broker for RedisBroker {
             self.names.unfinished(owner),
             self.names.verdicts(),
             self.names.latency(),
+            self.names.finished(),
         ];
         let mut args = vec![verdict, if owner.is_some() { "1" } else { "0" }.to_owned()];
         let latency = JobLatency::of(&last);
@@ -1025,6 +1034,9 @@ impl Broker for RedisBroker {
             more.push(last.tests.len().to_string());
             more.extend(last.tests.iter().map(|t| t.index.to_string()));
             more.extend(self.chunk_refs(&last)?);
+            // The verdict feed's entry (feed.rs): MAXLEN, then the fields but the record.
+            more.push(self.settings.feed_max_len.max(1).to_string());
+            more.push(serde_json::to_string(&crate::feed::fields(&last))?);
             let outcome = self
                 .append_event(&self.finish_script, id, json, record, keys.clone(), more)
                 .await?;
@@ -1086,6 +1098,29 @@ impl Broker for RedisBroker {
             (Some(record), Some("1")) => Ok(Outputs::Record(serde_json::from_str(&record)?)),
             _ => Ok(Outputs::Gone),
         }
+    }
+
+    async fn finished_after(&self, after: &str, limit: usize) -> Result<Vec<crate::FeedEntry>> {
+        let start = if after == "0" {
+            "-".to_owned()
+        } else {
+            format!("({after}")
+        };
+        let count = u64::try_from(limit.max(1)).unwrap_or(u64::MAX);
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .client
+            .xrange(self.names.finished(), start, "+", Some(count))
+            .await?;
+        entries
+            .into_iter()
+            .map(|(id, mut fields)| {
+                let record = fields.remove("submission").unwrap_or_default();
+                Ok(crate::FeedEntry {
+                    id,
+                    submission: serde_json::from_str(&record)?,
+                })
+            })
+            .collect()
     }
 
     async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
