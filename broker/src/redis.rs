@@ -88,6 +88,16 @@ impl Names {
     }
 }
 
+/// Queues a submission: its record, its first event (QueuedEvent, with its position) in
+/// the log and on the channel, and the job on the stream, unless the queue or the
+/// owner's quota is full.
+/// KEYS[1] the record hash, KEYS[2] the event log, KEYS[3] the jobs stream, KEYS[4] the
+/// owner's unfinished counter. ARGV[1] the submission record JSON, ARGV[2] the
+/// QueuedEvent JSON (`{"seq":0` prefix and `"position":null` filled in here), ARGV[3] the
+/// channel, ARGV[4] the TTL (s), ARGV[5] the job JSON, ARGV[6] the queue maximum
+/// (0 = none), ARGV[7] the consumer group, ARGV[8] the owner's maximum of unfinished
+/// submissions (0 = none), ARGV[9] '1' when the submission has an owner.
+/// Returns {0, position}, {1, jobs waiting} (queue full) or {2, owner's unfinished}.
 const SUBMIT_LUA: &str = r#"
 local max = tonumber(ARGV[6])
 local pending = redis.call('XPENDING', KEYS[3], ARGV[7])[1]
@@ -113,6 +123,9 @@ return {0, position}
 /// Renews a lease only if this consumer still holds it (XCLAIM alone would steal it back
 /// from a worker that reclaimed it after our lease expired). Renewing also proves the
 /// worker alive (KEYS[2], ARGV[4] ms), so a live owner's jobs are never taken early.
+/// KEYS[1] the jobs stream, KEYS[2] this worker's alive key. ARGV[1] the consumer group,
+/// ARGV[2] this consumer, ARGV[3] the entry id, ARGV[4] the alive TTL (ms).
+/// Returns 1 when the lease was renewed, 0 when another consumer holds it.
 const RENEW_LUA: &str = r#"
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
@@ -121,9 +134,9 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 "#;
 
-/// ARGV[5]: the most bytes the log may hold with this event (0 = no check); over it the
-/// reply is {-2, bytes in the log}. The record's `bytes` field counts the log's bytes.
 /// A heartbeat: the worker registry entry (for `stats`) and the alive key, in one trip.
+/// KEYS[1] the worker registry hash, KEYS[2] this worker's alive key. ARGV[1] this
+/// consumer, ARGV[2] its WorkerInfo JSON, ARGV[3] the alive TTL (ms). Returns 1.
 const HEARTBEAT_LUA: &str = r#"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
@@ -132,6 +145,8 @@ return 1
 
 /// The registry entries (KEYS[1]) of the workers whose alive key (prefix ARGV[1]) still
 /// exists: the alive key's TTL is Redis's clock, so no skew between machines matters.
+/// KEYS[1] the worker registry hash. ARGV[1] the alive-key prefix. Returns the live
+/// workers' WorkerInfo JSONs.
 const LIVE_WORKERS_LUA: &str = r#"
 local all = redis.call('HGETALL', KEYS[1])
 local live = {}
@@ -146,7 +161,9 @@ return live
 /// renew), once idle for the alive time ARGV[4] ms; XCLAIM with that minimum idle time
 /// refuses an entry its owner renewed meanwhile. Then, as before, any entry idle past the
 /// visibility timeout ARGV[5] ms (a live worker that stopped renewing one job).
-/// Returns {id, job JSON, times delivered before} or {}.
+/// KEYS[1] the jobs stream. ARGV[1] the consumer group, ARGV[2] this consumer, ARGV[3] the
+/// alive-key prefix, ARGV[4] the alive time (ms), ARGV[5] the visibility timeout (ms).
+/// Returns {id, [field, value, ...], times delivered before, dead owner or ''} or {}.
 const RECLAIM_LUA: &str = r#"
 redis.call('SET', ARGV[3] .. ARGV[2], '1', 'PX', ARGV[4])
 local owners = redis.call('XPENDING', KEYS[1], ARGV[1])[4]
@@ -176,6 +193,14 @@ return {}
 /// stored one), followed by the result JSON ARGV[8] and `}` when ARGV[9] is '1' (so the
 /// output travels once). ARGV[7]: the index k of a finished test, whose result ARGV[8]
 /// goes to the record's `t:k` field ('' = none).
+/// KEYS[1] the record hash, KEYS[2] the event log. ARGV[1] the stored event JSON (its
+/// `{"seq":0` prefix replaced here), ARGV[2] the channel, ARGV[3] the new status
+/// ('' = unchanged), ARGV[4] the TTL (s), ARGV[5] the most bytes the log may hold with
+/// this event (0 = no check; the record's `bytes` field counts the log's bytes),
+/// ARGV[6] the live event JSON, ARGV[7] the finished test's index, ARGV[8] its result
+/// JSON, ARGV[9] '1' when the live event ends with ARGV[8] (see `live_json`).
+/// Returns {seq}, {0} (already finished), {-1} (no such submission) or {-2, bytes in
+/// the log} (over ARGV[5]; nothing written).
 const PUBLISH_LUA: &str = r#"
 if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return {-1} end
 if redis.call('HGET', KEYS[1], 'done') == '1' then return {0} end
@@ -209,6 +234,17 @@ return {seq}
 /// and `}` when ARGV[13] is '1'. ARGV[14] = n, ARGV[15..14+n]: the indices of the tests
 /// the record holds, whose `t:k` results it replaces; then pairs (log index, JSON) of
 /// OutputEvents that become references into the record (see `once`).
+/// KEYS[1] the record hash, KEYS[2] the event log, KEYS[3] the owner's unfinished
+/// counter, KEYS[4] the verdict counts, KEYS[5] the latency histograms, KEYS[6] the
+/// verdict feed stream (feed.rs; its MAXLEN and the JSON array of the entry's fields but
+/// `submission` are the last two ARGV, after the pairs). ARGV[1] the
+/// stored FinishedEvent JSON, ARGV[2] the channel, ARGV[3] the final record JSON, ARGV[4]
+/// the TTL (s), ARGV[5] the verdict, ARGV[6] '1' when the submission has an owner,
+/// ARGV[7]/ARGV[8] the queue-wait bucket and µs ('' = none), ARGV[9]/ARGV[10] the run's,
+/// ARGV[11] the byte budget, ARGV[12] the live FinishedEvent JSON, ARGV[13] '1' when it
+/// ends with ARGV[3], ARGV[14] = n, then the test indices and (log index, JSON) pairs.
+/// Returns {seq}, {0} (already finished), {-1} (no such submission) or {-2, bytes in
+/// the log} (over ARGV[11]; nothing written).
 const FINISH_LUA: &str = r#"
 if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return {-1} end
 if redis.call('HGET', KEYS[1], 'done') == '1' then return {0} end
@@ -694,7 +730,7 @@ impl RedisBroker {
             .next()
             .and_then(|stream| stream.into_array().into_iter().nth(1))
             .and_then(|entries| entries.into_array().into_iter().next());
-        let Some((id, job, _)) = entry.and_then(parse_stream_entry) else {
+        let Some((id, job)) = entry.and_then(parse_stream_entry) else {
             return Ok(None);
         };
         let job: Job = serde_json::from_str(&job)?;
@@ -743,7 +779,7 @@ impl RedisBroker {
         else {
             return Ok(None);
         };
-        let Some((id, job, _)) = parse_stream_entry(Value::Array(vec![id, fields])) else {
+        let Some((id, job)) = parse_stream_entry(Value::Array(vec![id, fields])) else {
             return Ok(None);
         };
         // Look again soon: more may have expired with the same worker.
@@ -830,7 +866,7 @@ impl RedisBroker {
                 )
                 .await?;
             let entry = reply.into_array().into_iter().next();
-            let Some((id, job, _)) = entry.and_then(parse_stream_entry) else {
+            let Some((id, job)) = entry.and_then(parse_stream_entry) else {
                 continue; // acked or deleted meanwhile
             };
             let job: Job = serde_json::from_str(&job)?;
@@ -844,8 +880,8 @@ impl RedisBroker {
     }
 }
 
-fn parse_stream_entry(value: Value) -> Option<(String, String, Option<String>)> {
-    // XREADGROUP / XAUTOCLAIM entry: [id, [field, value, ...]]
+/// (entry id, job) of an XREADGROUP / XAUTOCLAIM entry: `[id, [field, value, ...]]`.
+fn parse_stream_entry(value: Value) -> Option<(String, String)> {
     let mut entry = value.into_array().into_iter();
     let id = entry.next()?.into_string()?;
     let fields = entry.next()?.into_array();
@@ -856,7 +892,7 @@ fn parse_stream_entry(value: Value) -> Option<(String, String, Option<String>)> 
             job = v.into_string();
         }
     }
-    Some((id, job?, None))
+    Some((id, job?))
 }
 
 #[async_trait]
