@@ -223,6 +223,18 @@ pub fn standalone(bin: &Path, redis: Option<(&str, &str)>) -> Server {
     Server { proc, port }
 }
 
+/// `verdict standalone` on a free port, embedded broker, with extra flags and environment
+/// (`--max-retained-mb 50`, `--data-dir DIR`, ...).
+pub fn standalone_with(bin: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["standalone", "--listen", &listen];
+    args.extend_from_slice(extra);
+    let proc = verdict(bin, &args, envs);
+    wait_healthy(port);
+    Server { proc, port }
+}
+
 /// `verdict server` on a free port, on Redis namespace `ns` (URL in the environment).
 pub fn server(bin: &Path, url: &str, ns: &str) -> Server {
     let port = free_port();
