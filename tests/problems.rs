@@ -1206,7 +1206,7 @@ async fn import_problem_multipart_keeps_the_csrf_guard_and_the_admin_role() {
     let base = judge.server.http();
     // No Authorization and no Apollo-Require-Preflight: a cross-site form could send it.
     let (status, body) = multipart_import(&base, &[], "sum", &zip).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 415, "{body}");
     assert!(body["data"].is_null());
     assert!(
         body["errors"][0]["message"]

@@ -251,8 +251,9 @@ async fn graphql_multipart(
     {
         return state.refuse(
             Rejection::UnsupportedMediaType,
+            // 415 like every other form-encodable POST: without the header it is one.
             error_response(
-                StatusCode::BAD_REQUEST,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 accept,
                 "BAD_REQUEST",
                 "a multipart/form-data POST needs an Authorization or an Apollo-Require-Preflight header (CSRF guard)",
