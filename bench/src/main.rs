@@ -7,6 +7,7 @@
 
 mod common;
 mod latency;
+mod memory;
 mod poll;
 mod problem;
 mod subs;
@@ -89,6 +90,20 @@ enum Cmd {
         /// Submissions per deployment.
         #[arg(long, default_value_t = 20)]
         samples: usize,
+    },
+    /// Standalone RSS over a load at the default retained-memory budget (not in `all`).
+    Memory {
+        #[arg(long, default_value_t = 120.0)]
+        seconds: f64,
+        /// Concurrent clients, each submit → subscribe → FinishedEvent in a loop.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// KB printed by every other submission (the rest print one line).
+        #[arg(long, default_value_t = 100)]
+        output_kb: usize,
+        /// Seconds between RSS samples.
+        #[arg(long, default_value_t = 10.0)]
+        every: f64,
     },
     /// Everything, with sizes that finish in about ten minutes on two cores.
     All {
@@ -204,6 +219,14 @@ async fn run(cli: Cli) {
         }
         Cmd::Problem { tests, samples } => {
             report.push(problem::measure(&bin, &modes, tests, samples).await);
+        }
+        Cmd::Memory {
+            seconds,
+            clients,
+            output_kb,
+            every,
+        } => {
+            report.push(memory::measure(&bin, seconds, clients, output_kb, every).await);
         }
         Cmd::Subs { conns, submissions } => {
             subs::ensure_nofile(conns.iter().max().copied().unwrap_or(0) as u64 + 4096);
