@@ -123,6 +123,9 @@ struct BrokerArgs {
     /// How long submissions and their events are kept, in seconds.
     #[arg(long, env = "VERDICT_SUBMISSION_TTL", default_value_t = 86_400)]
     submission_ttl: u64,
+    /// The verdict feed (`<namespace>:finished`) keeps about this many final records.
+    #[arg(long, env = "VERDICT_FEED_MAX_LEN", default_value_t = verdict_broker::DEFAULT_FEED_MAX_LEN)]
+    feed_max_len: u64,
     /// Submits are refused (QUEUE_FULL) beyond this many waiting jobs; 0 = no limit.
     #[arg(long, env = "VERDICT_MAX_QUEUE", default_value_t = 10_000)]
     max_queue: u64,
@@ -631,6 +634,7 @@ fn settings(args: &BrokerArgs) -> BrokerSettings {
         max_unfinished_per_owner: args.max_unfinished_per_key,
         max_retained_bytes_per_submission: args.max_retained_bytes_per_submission,
         max_retained_bytes: args.max_retained_mb.saturating_mul(1024 * 1024),
+        feed_max_len: args.feed_max_len,
         // Worker liveness: the broker's default.
         ..BrokerSettings::default()
     }

@@ -6,6 +6,7 @@
 
 mod catalogue;
 mod error;
+mod feed;
 mod filler;
 mod hub;
 mod latency;
@@ -28,6 +29,7 @@ pub use catalogue::{
     LIVE_TOOLCHAINS_TTL,
 };
 pub use error::{BrokerError, Result};
+pub use feed::{FeedEntry, DEFAULT_FEED_MAX_LEN};
 pub use filler::{Filler, Wanted};
 pub use hub::{LiveEvents, Signal};
 pub use latency::{Histogram, LATENCY_BUCKETS};
@@ -78,6 +80,8 @@ pub struct BrokerSettings {
     /// back at once instead of after the visibility timeout. Workers refresh it every
     /// [`HEARTBEAT_INTERVAL`], so it must be a few of those.
     pub worker_alive: Duration,
+    /// The verdict feed keeps about this many final records (feed.rs; `MAXLEN ~`).
+    pub feed_max_len: u64,
 }
 
 impl Default for BrokerSettings {
@@ -90,6 +94,7 @@ impl Default for BrokerSettings {
             max_retained_bytes_per_submission: DEFAULT_MAX_RETAINED_PER_SUBMISSION,
             max_retained_bytes: retention::default_max_retained_mb() * 1024 * 1024,
             worker_alive: Duration::from_secs(3),
+            feed_max_len: DEFAULT_FEED_MAX_LEN,
         }
     }
 }
@@ -124,6 +129,10 @@ pub trait Broker: Send + Sync + 'static {
     /// that do not fit the retained-output budget are cut (`truncated` set); the final
     /// write itself is never refused for size.
     async fn finish(&self, submission: &Submission) -> Result<Option<Event>>;
+
+    /// At most `limit` entries of the verdict feed (feed.rs) after entry id `after`
+    /// (`"0"`: from the oldest kept), oldest first.
+    async fn finished_after(&self, after: &str, limit: usize) -> Result<Vec<FeedEntry>>;
 
     /// At most `limit` logged events with `seq > after`, in order. Paged so a subscriber
     /// catching up on a huge log never holds all of it at once. TestFinishedEvent and
