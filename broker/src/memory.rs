@@ -105,9 +105,12 @@ struct State {
     verdicts: HashMap<String, u64>,
     queue_wait: Histogram,
     run_time: Histogram,
-    /// The verdict feed (feed.rs): (entry number, final record), oldest first, capped at
-    /// `feed_max_len`; `feed_next` numbers the next entry.
-    feed: VecDeque<(u64, Submission)>,
+    /// The verdict feed (feed.rs): (entry number, submission id), oldest first, capped at
+    /// `feed_max_len`; `feed_next` numbers the next entry. Only the id: the record itself
+    /// is read from `records` when the feed is read, so the feed holds no second copy
+    /// outside the `--max-retained-mb` budget (a record the budget or the TTL removed
+    /// drops out of the feed with it).
+    feed: VecDeque<(u64, String)>,
     feed_next: u64,
 }
 
@@ -456,7 +459,7 @@ impl Broker for MemoryBroker {
             );
             // The verdict feed: appended here, at the first final write only.
             *feed_next += 1;
-            feed.push_back((*feed_next, last.clone()));
+            feed.push_back((*feed_next, last.id.clone()));
             let cap = usize::try_from(self.settings.feed_max_len.max(1)).unwrap_or(usize::MAX);
             while feed.len() > cap {
                 feed.pop_front();
@@ -500,11 +503,14 @@ impl Broker for MemoryBroker {
             .feed
             .iter()
             .filter(|(n, _)| *n > after)
-            .take(limit.max(1))
-            .map(|(n, s)| crate::FeedEntry {
-                id: format!("{n}-0"),
-                submission: s.clone(),
+            .filter_map(|(n, id)| {
+                let record = state.records.get(id).filter(|r| r.done)?;
+                Some(crate::FeedEntry {
+                    id: format!("{n}-0"),
+                    submission: record.submission.clone(),
+                })
             })
+            .take(limit.max(1))
             .collect())
     }
 
