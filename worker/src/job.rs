@@ -404,24 +404,7 @@ impl Worker {
                 compare,
                 limits.cpu_ms,
             );
-            let truncated = outcome.stdout_truncated || outcome.stderr_truncated;
-            let result = TestResult {
-                index,
-                verdict,
-                time_ms: outcome.cpu_ms,
-                wall_time_ms: outcome.wall_ms,
-                memory_kb: outcome.memory_kb,
-                exit_code: outcome.exit_code,
-                signal: outcome.signal,
-                stdout: into_text(outcome.stdout),
-                stderr: into_text(outcome.stderr),
-                truncated,
-                name: None,
-                group: None,
-                sample: false,
-                checker_message: None,
-                score: None,
-            };
+            let result = test_result(index, verdict, outcome);
             self.broker
                 .publish(
                     id,
@@ -481,6 +464,28 @@ pub(crate) async fn remove_blocking(dir: Arc<RunDir>) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "could not remove a run dir"),
         Err(e) => tracing::warn!(error = %e, "run dir removal task failed"),
+    }
+}
+
+/// A test's result from its run: what every test has, whether of a plain submission or
+/// of a problem (which adds its name, group, score and checker message on top).
+pub(crate) fn test_result(index: u32, verdict: Verdict, outcome: Outcome) -> TestResult {
+    TestResult {
+        index,
+        verdict,
+        time_ms: outcome.cpu_ms,
+        wall_time_ms: outcome.wall_ms,
+        memory_kb: outcome.memory_kb,
+        exit_code: outcome.exit_code,
+        signal: outcome.signal,
+        truncated: outcome.stdout_truncated || outcome.stderr_truncated,
+        stdout: into_text(outcome.stdout),
+        stderr: into_text(outcome.stderr),
+        name: None,
+        group: None,
+        sample: false,
+        checker_message: None,
+        score: None,
     }
 }
 

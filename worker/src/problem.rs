@@ -20,7 +20,7 @@ use verdict_sandbox::RunDir;
 use crate::cache::ArtifactFile;
 use crate::checker::{Checked, CompiledChecker};
 use crate::error::WorkerError;
-use crate::job::{boosted, forward_output, into_text, remove_blocking, SharedBytes};
+use crate::job::{boosted, forward_output, remove_blocking, test_result, SharedBytes};
 use crate::{judge, scoring, Worker};
 
 /// Test data kept in memory per worker, bytes.
@@ -268,23 +268,13 @@ impl Worker {
             } else {
                 0.0
             });
-            let truncated = outcome.stdout_truncated || outcome.stderr_truncated;
             let result = TestResult {
-                index,
-                verdict,
-                time_ms: outcome.cpu_ms,
-                wall_time_ms: outcome.wall_ms,
-                memory_kb: outcome.memory_kb,
-                exit_code: outcome.exit_code,
-                signal: outcome.signal,
-                stdout: into_text(outcome.stdout),
-                stderr: into_text(outcome.stderr),
-                truncated,
                 name: test.name.clone(),
                 group: Some(test.group.clone()),
                 sample: test.sample,
                 checker_message,
                 score: Some(Points(score)),
+                ..test_result(index, verdict, outcome)
             };
             self.broker
                 .publish(
