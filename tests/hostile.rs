@@ -356,7 +356,7 @@ async fn a_fragment_bomb_is_refused_in_linear_time() {
     );
 
     // Two clients sending bombs without pause do not stall the server: /healthz answers
-    // in 100 ms (median; the maximum is left room for a busy test machine). Before, each
+    // in under 100 ms, every time. Before, each
     // bomb held a runtime thread for hours: /healthz stalled and no bomb was answered.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -407,8 +407,8 @@ async fn a_fragment_bomb_is_refused_in_linear_time() {
     eprintln!("/healthz: median {median:?}, slowest {slowest:?}, while {sent} bombs were refused");
     assert!(sent >= 4, "only {sent} bombs were answered");
     assert!(
-        median < Duration::from_millis(100) && slowest < Duration::from_secs(1),
-        "/healthz took {took:?} with {sent} bombs in flight"
+        median < Duration::from_millis(100) && slowest < Duration::from_millis(100),
+        "/healthz took {slowest:?} (median {median:?}) with {sent} bombs in flight"
     );
     still_healthy(&server).await;
 }
@@ -612,13 +612,12 @@ int main(void){ char p[64]; int made = 0;
         stdout(&a).trim().parse::<u32>().unwrap_or(0) >= 100_000,
         "the program could not create its files: {a}"
     );
-    // The stall was 1.6-3.4 s; on a busy shared machine one poll can lose a scheduler
-    // slice, so the bound is on the 99th percentile, with a looser one on the worst.
+    // Every poll, not a percentile: the bound is "/healthz stays under 100 ms".
     assert!(polls > 100, "only {polls} polls");
     assert!(p99 < Duration::from_millis(100), "/healthz p99 {p99:?}");
     assert!(
-        worst < Duration::from_millis(600),
-        "/healthz took {worst:?}"
+        worst < Duration::from_millis(100),
+        "/healthz took {worst:?} (p99 {p99:?})"
     );
     still_healthy(&server).await;
 }
