@@ -91,7 +91,8 @@ fn kill_uid(uid: u32) -> bool {
 }
 
 /// Reaps our (subreaper) zombie children that ran as `uid`, until the slot's pids cgroup
-/// is empty or a short grace period passes.
+/// is empty or a short grace period passes. A child is recognised by its parent pid and
+/// its owner uid only, never by its name, which the program controls.
 fn reap_orphans(uid: u32, cg: Option<&SlotCgroup>) -> usize {
     let me = std::process::id();
     let give_up = Instant::now() + REAP_GRACE;
@@ -106,11 +107,13 @@ fn reap_orphans(uid: u32, cg: Option<&SlotCgroup>) -> usize {
                 else {
                     continue;
                 };
-                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                // Bytes, not text: the command name in the line is whatever the program
+                // set (`PR_SET_NAME`), and one that is not UTF-8 must not hide it from us.
+                let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
                     continue;
                 };
                 // Fields after the parenthesised comm: state ppid ...
-                let Some(mut fields) = stat_fields(stat.as_bytes()) else {
+                let Some(mut fields) = stat_fields(&stat) else {
                     continue;
                 };
                 let (Some(_state), Some(ppid)) = (fields.next(), fields.next()) else {
