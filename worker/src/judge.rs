@@ -1,4 +1,4 @@
-//! Verdict rules (design.md, "Verdicts") and output comparison.
+//! Verdict rules (docs/design.md, "Verdicts") and output comparison.
 
 use verdict_broker::{CompareMode, Verdict};
 use verdict_sandbox::{LimitHit, Outcome};
