@@ -15,7 +15,7 @@ use verdict_sandbox::RunDir;
 
 use crate::cache::{self, Artifact, ArtifactFile, CompileCache};
 use crate::error::WorkerError;
-use crate::job::{boosted, remove_blocking, SharedBytes};
+use crate::sandboxed::{boosted, remove_blocking, SharedBytes};
 use crate::Worker;
 
 /// The most of a checker's message kept (judgemessage.txt or stderr).
@@ -88,6 +88,10 @@ fn cap(mut text: String) -> Option<String> {
 impl Worker {
     /// The problem's checker, compiled (once per problem version on this worker; the
     /// compile cache keeps it across restarts). `Ok(Err(why))` when it cannot be built.
+    ///
+    /// Over 100 lines: one straight sequence (cache lookup, the given files, compile or
+    /// not, the artifact, memoise) in which every step can end with its own message
+    /// naming the checker; split, each piece would need the whole state handed back.
     pub(crate) async fn compiled_checker(
         &self,
         problem: &Problem,
@@ -225,6 +229,10 @@ impl Worker {
 
     /// Runs the checker on one test's data and the contestant's output, in a run
     /// directory of its own.
+    ///
+    /// Over 100 lines: the two protocols' set-up and the reading of the checker's answer
+    /// (limits, signal, exit code, feedback files) share the run directory and the label;
+    /// most of the length is the per-cause failure messages.
     pub(crate) async fn run_checker(
         &self,
         checker: &CompiledChecker,

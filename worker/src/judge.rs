@@ -30,6 +30,13 @@ pub fn limit_hit(outcome: &Outcome, cpu_limit_ms: u64, percent: u64) -> Option<L
     })
 }
 
+/// A test run that ended abnormally (a signal, a non-zero exit) after using at least this
+/// percentage of its CPU limit is TIME_LIMIT_EXCEEDED rather than RUNTIME_ERROR: the CPU
+/// time read for a run killed at the limit can fall a little short of it (see
+/// [`limit_hit`]: 920 ms at 1 s), while a crash well below the limit stays a runtime
+/// error. (The compile step is more generous, see `compile.rs`.)
+pub(crate) const RUN_CPU_LIMIT_PERCENT: u64 = 90;
+
 /// The verdict of one run, in the design's order of precedence.
 pub fn verdict(
     outcome: &Outcome,
@@ -38,7 +45,7 @@ pub fn verdict(
     cpu_limit_ms: u64,
 ) -> Verdict {
     let compare = compare.into();
-    match limit_hit(outcome, cpu_limit_ms, 90) {
+    match limit_hit(outcome, cpu_limit_ms, RUN_CPU_LIMIT_PERCENT) {
         Some(LimitHit::CpuTime | LimitHit::WallTime) => return Verdict::TimeLimitExceeded,
         Some(LimitHit::Memory) => return Verdict::MemoryLimitExceeded,
         Some(LimitHit::Output) => return Verdict::OutputLimitExceeded,

@@ -1,13 +1,32 @@
 //! The worker: takes jobs from the broker, judges them in the sandbox and publishes every
 //! step. Many jobs run at once, one per sandbox slot.
+//!
+//! [`Worker`]'s methods live with the step they do, one `impl Worker` block per file:
+//!
+//! | file | what | methods |
+//! |---|---|---|
+//! | `lib.rs` | the job loop, heartbeats, leases, giving up | `new`, `run`, `handle` |
+//! | `job.rs` | one job, start to end | `process`, `evaluate` |
+//! | `compile.rs` | compile, or restore from the compile cache | `compile_or_restore` |
+//! | `run.rs` | the tests of a plain submission | `run_tests`, `run_test` |
+//! | `problem.rs` | the tests of a stored problem, scores | `judge_problem`, `score_problem` |
+//! | `checker.rs` | checker programs | `compiled_checker`, `run_checker` |
+//! | `sandboxed.rs` | one sandboxed command, run directories | `sandboxed`, `fresh_dir` |
+//!
+//! Free functions: verdict rules in [`judge`], live output in `output.rs`, the compile
+//! cache in `cache.rs`, scores in `scoring.rs`.
 
 mod cache;
 mod checker;
+mod compile;
 mod error;
 mod job;
 pub mod judge;
+mod output;
 pub mod paths;
 mod problem;
+mod run;
+mod sandboxed;
 mod scoring;
 mod slots;
 
@@ -73,7 +92,8 @@ impl Default for WorkerConfig {
     }
 }
 
-/// A worker process's shared state.
+/// A worker process's shared state. Its methods are spread by step over the crate's
+/// files: see the table in the crate documentation (`handle` → `process` in `job.rs`).
 pub struct Worker {
     broker: SharedBroker,
     sandbox: Arc<Sandbox>,

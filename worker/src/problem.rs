@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::mpsc;
 use verdict_broker::{
     DataRef, EventKind, Job, Language, Points, Problem, ProblemRef, SharedProblems, Submission,
     TestResult, Verdict,
@@ -20,8 +19,18 @@ use verdict_sandbox::RunDir;
 use crate::cache::ArtifactFile;
 use crate::checker::{Checked, CompiledChecker};
 use crate::error::WorkerError;
-use crate::job::{boosted, forward_output, remove_blocking, test_result, SharedBytes};
+use crate::run::test_result;
+use crate::sandboxed::{boosted, SharedBytes};
 use crate::{judge, scoring, Worker};
+
+/// One finished run of a problem test, as [`Worker::judge_problem_test`] judges it.
+struct JudgedTest<'a> {
+    outcome: &'a verdict_sandbox::Outcome,
+    /// The run's CPU limit (for [`judge::verdict`]).
+    cpu_limit_ms: u64,
+    /// The test's 1-based index (for messages).
+    index: u32,
+}
 
 /// Test data kept in memory per worker, bytes.
 const DATA_CACHE_BYTES: u64 = 256 * 1024 * 1024;
@@ -123,6 +132,10 @@ impl ProblemCache {
 
 impl Worker {
     /// Runs every test of the pinned problem version against the compiled program.
+    ///
+    /// Over 100 lines: one loop over the tests whose steps (group skip, data, publish,
+    /// run, judge, result) share the loop's state; the run and the judging are already
+    /// [`Worker::run_test`] and [`Worker::judge_problem_test`].
     #[allow(clippy::too_many_arguments)] // the compile step's state, handed on
     pub(crate) async fn judge_problem(
         &self,
@@ -186,83 +199,36 @@ impl Worker {
                 )
                 .await?;
             // A hidden test's output is never published live (nor logged).
-            let (tx, forwarder) = if test.sample {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let forwarder = tokio::spawn(forward_output(
-                    Arc::clone(&self.broker),
-                    id.clone(),
-                    index,
-                    rx,
-                ));
-                (Some(tx), Some(forwarder))
-            } else {
-                (None, None)
-            };
-            let test_dir = match &program_files {
-                Some(files) => self.fresh_dir(slot, Arc::clone(files)).await?,
-                None => Arc::clone(dir),
-            };
+            let live = test.sample.then_some((id.as_str(), index));
             let outcome = self
-                .sandboxed(
-                    &test_dir,
-                    &lang.run,
-                    &lang.env,
+                .run_test(
+                    dir,
+                    slot,
+                    lang,
+                    &program_files,
                     input.clone(),
                     limits,
-                    tx,
+                    live,
                     cancel,
                 )
-                .await;
-            if program_files.is_some() {
-                remove_blocking(test_dir).await;
-            }
-            if let Some(f) = forwarder {
-                let _ = f.await;
-            }
-            let outcome = outcome?;
-            // The limits first, in the design's order; then the checker.
-            let mut verdict = judge::verdict(&outcome, None, compare, limits.cpu_ms);
-            let mut score = None;
-            let mut checker_message = None;
-            if verdict == Verdict::Accepted {
-                match &checker {
-                    None => {
-                        if let Some(answer) = &answer {
-                            if !judge::same_output(&outcome.stdout, answer.as_ref(), compare) {
-                                verdict = Verdict::WrongAnswer;
-                            }
-                        }
-                    }
-                    Some(c) => match self
-                        .run_checker(
-                            c,
-                            slot,
-                            &input,
-                            answer.as_ref(),
-                            outcome.stdout.clone(),
-                            cancel,
-                        )
-                        .await?
-                    {
-                        Checked::Judged {
-                            verdict: v,
-                            score: s,
-                            message,
-                        } => {
-                            verdict = v;
-                            score = s;
-                            checker_message = message;
-                        }
-                        Checked::Failed(why) => {
-                            tracing::error!(test = index, "{why}");
-                            verdict = Verdict::InternalError;
-                            if submission.message.is_none() {
-                                submission.message = Some(format!("test {index}: {why}"));
-                            }
-                        }
-                    },
-                }
-            }
+                .await?;
+            let judged = JudgedTest {
+                outcome: &outcome,
+                cpu_limit_ms: limits.cpu_ms,
+                index,
+            };
+            let (verdict, score, checker_message) = self
+                .judge_problem_test(
+                    judged,
+                    compare,
+                    checker.as_deref(),
+                    &input,
+                    answer.as_ref(),
+                    slot,
+                    cancel,
+                    &mut submission.message,
+                )
+                .await?;
             let score = score.unwrap_or(if verdict == Verdict::Accepted {
                 1.0
             } else {
@@ -297,6 +263,61 @@ impl Worker {
         }
         submission.finish(overall);
         Ok(submission)
+    }
+
+    /// A problem test's verdict, score and checker message from its run: the limits
+    /// first, in the design's order; then the answer (compared here) or the checker. A
+    /// checker that fails is our failure: INTERNAL_ERROR, and the first such cause of the
+    /// submission is kept in `message`.
+    #[allow(clippy::too_many_arguments)] // the test's run, data and checker; no natural group
+    async fn judge_problem_test(
+        &self,
+        run: JudgedTest<'_>,
+        compare: judge::Compare,
+        checker: Option<&CompiledChecker>,
+        input: &SharedBytes,
+        answer: Option<&SharedBytes>,
+        slot: u32,
+        cancel: &Arc<AtomicBool>,
+        message: &mut Option<String>,
+    ) -> Result<(Verdict, Option<f64>, Option<String>), WorkerError> {
+        let (outcome, index) = (run.outcome, run.index);
+        let mut verdict = judge::verdict(outcome, None, compare, run.cpu_limit_ms);
+        let mut score = None;
+        let mut checker_message = None;
+        if verdict == Verdict::Accepted {
+            match checker {
+                None => {
+                    if let Some(answer) = answer {
+                        if !judge::same_output(&outcome.stdout, answer.as_ref(), compare) {
+                            verdict = Verdict::WrongAnswer;
+                        }
+                    }
+                }
+                Some(c) => match self
+                    .run_checker(c, slot, input, answer, outcome.stdout.clone(), cancel)
+                    .await?
+                {
+                    Checked::Judged {
+                        verdict: v,
+                        score: s,
+                        message,
+                    } => {
+                        verdict = v;
+                        score = s;
+                        checker_message = message;
+                    }
+                    Checked::Failed(why) => {
+                        tracing::error!(test = index, "{why}");
+                        verdict = Verdict::InternalError;
+                        if message.is_none() {
+                            *message = Some(format!("test {index}: {why}"));
+                        }
+                    }
+                },
+            }
+        }
+        Ok((verdict, score, checker_message))
     }
 
     /// Fills the groups and scores of a finished problem submission (any verdict).
