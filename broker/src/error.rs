@@ -24,6 +24,10 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("broker closed")]
     Closed,
+    /// The standalone broker's `--data-dir` store failed (persist.rs): the change was not
+    /// kept, so it is refused rather than accepted and lost on the next restart.
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 /// Shorthand used across the crate.

@@ -45,3 +45,33 @@ pub fn fields(s: &Submission) -> Vec<String> {
         s.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
     ]
 }
+
+/// How a member of a consumer group reads the feed ([`crate::Broker::feed_group_read`]),
+/// Redis's model on both backends: an entry handed to a member stays *pending* in the
+/// group until it is acknowledged, so a member that dies does not lose it.
+///
+/// A group is created at the feed's end when it is first read: it sees what finishes
+/// from then on, not the backlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedRead {
+    /// This member's own pending entries with ids after `after` (`"0"`: all of them), as
+    /// after a restart (XREADGROUP with an id).
+    Pending { after: String },
+    /// Entries no member has been given yet, waiting up to `wait` for one (XREADGROUP `>`).
+    New { wait: std::time::Duration },
+    /// Entries pending under any member for at least `min_idle`, claimed for this one
+    /// (XAUTOCLAIM): the work of a member that is gone.
+    Stale { min_idle: std::time::Duration },
+}
+
+/// What a group read returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedBatch {
+    pub entries: Vec<FeedEntry>,
+    /// Ids of entries handed over whose record is gone (trimmed from the feed, or
+    /// expired): nothing to deliver; acknowledge them.
+    pub gone: Vec<String>,
+    /// The last id the read covered (for paging through [`FeedRead::Pending`]); `None`
+    /// when the read found nothing.
+    pub last_id: Option<String>,
+}

@@ -12,6 +12,9 @@ mod hub;
 mod latency;
 mod memory;
 mod once;
+// Wired into the embedded broker by the next commit (--data-dir).
+#[allow(dead_code)]
+mod persist;
 mod problems;
 mod quota;
 mod redis;
@@ -29,7 +32,7 @@ pub use catalogue::{
     LIVE_TOOLCHAINS_TTL,
 };
 pub use error::{BrokerError, Result};
-pub use feed::{FeedEntry, DEFAULT_FEED_MAX_LEN};
+pub use feed::{FeedBatch, FeedEntry, FeedRead, DEFAULT_FEED_MAX_LEN};
 pub use filler::{Filler, Wanted};
 pub use hub::{LiveEvents, Signal};
 pub use latency::{Histogram, LATENCY_BUCKETS};
