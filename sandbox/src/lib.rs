@@ -71,6 +71,11 @@ pub struct Limits {
     pub stack_kb: u64,
 }
 
+/// Defaults for direct users of the sandbox (its tests, benches and examples). The service
+/// never relies on the first five: the worker sets CPU, wall, memory, output and processes
+/// from the job (whose defaults are the server's, `verdict_server::InputPolicy`; this
+/// crate depends on neither) and takes only `file_size_bytes`, `open_files` and `stack_kb`
+/// from here.
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -29,23 +29,32 @@ pub const DEFAULT_MAX_PROBLEM_BYTES: u64 = 64 * 1024 * 1024;
 /// The tolerance of compare mode FLOAT when the client gives none.
 pub const DEFAULT_EPSILON: f64 = 1e-6;
 
+impl InputPolicy {
+    /// Run limits of a submission that names none: the one source of these numbers (the
+    /// `verdict` binary's `--default-*` flags default to them).
+    pub const DEFAULT_LIMITS: Limits = Limits {
+        cpu_time_ms: 2_000,
+        wall_time_ms: 5_000,
+        memory_kb: 256 * 1024,
+        output_bytes: 1024 * 1024,
+        processes: 64,
+    };
+
+    /// The largest run limits a submission may ask for (the `--max-*` flags' defaults).
+    pub const MAX_LIMITS: Limits = Limits {
+        cpu_time_ms: 15_000,
+        wall_time_ms: 30_000,
+        memory_kb: 1024 * 1024,
+        output_bytes: 64 * 1024 * 1024,
+        processes: 256,
+    };
+}
+
 impl Default for InputPolicy {
     fn default() -> Self {
         InputPolicy {
-            default_limits: Limits {
-                cpu_time_ms: 2_000,
-                wall_time_ms: 5_000,
-                memory_kb: 256 * 1024,
-                output_bytes: 1024 * 1024,
-                processes: 64,
-            },
-            max_limits: Limits {
-                cpu_time_ms: 15_000,
-                wall_time_ms: 30_000,
-                memory_kb: 1024 * 1024,
-                output_bytes: 64 * 1024 * 1024,
-                processes: 256,
-            },
+            default_limits: Self::DEFAULT_LIMITS,
+            max_limits: Self::MAX_LIMITS,
             max_source_bytes: 256 * 1024,
             max_stdin_bytes: 8 * 1024 * 1024,
             max_expected_bytes: 64 * 1024 * 1024,
@@ -134,6 +143,8 @@ impl InputPolicy {
                 }
                 tests
             }
+            // A plain run: one test, no expected output (the worker falls back to the same
+            // for a request with no tests, worker/src/run.rs `plain_run`).
             (None, stdin) => vec![TestCase {
                 stdin: stdin.unwrap_or_default(),
                 expected_output: None,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use verdict_server::InputPolicy;
 use verdict_worker::paths::Locations;
 use verdict_worker::WorkerConfig;
 
@@ -10,33 +11,34 @@ use crate::BoxError;
 
 /// Limits of submitted programs: the default when a submission names none, and the
 /// largest it may ask for (per-language `run_limits` in the catalogue add to both).
+/// The flags' defaults are [`InputPolicy::DEFAULT_LIMITS`] and [`InputPolicy::MAX_LIMITS`].
 #[derive(Args, Clone)]
 pub(crate) struct LimitsArgs {
     /// Default CPU time per test, ms.
-    #[arg(long, env = "VERDICT_DEFAULT_CPU_MS", default_value_t = 2_000)]
+    #[arg(long, env = "VERDICT_DEFAULT_CPU_MS", default_value_t = InputPolicy::DEFAULT_LIMITS.cpu_time_ms)]
     pub(crate) default_cpu_ms: u64,
     /// Largest CPU time per test a submission may ask for, ms.
-    #[arg(long, env = "VERDICT_MAX_CPU_MS", default_value_t = 15_000)]
+    #[arg(long, env = "VERDICT_MAX_CPU_MS", default_value_t = InputPolicy::MAX_LIMITS.cpu_time_ms)]
     pub(crate) max_cpu_ms: u64,
     /// Default wall time per test, ms.
-    #[arg(long, env = "VERDICT_DEFAULT_WALL_MS", default_value_t = 5_000)]
+    #[arg(long, env = "VERDICT_DEFAULT_WALL_MS", default_value_t = InputPolicy::DEFAULT_LIMITS.wall_time_ms)]
     pub(crate) default_wall_ms: u64,
-    #[arg(long, env = "VERDICT_MAX_WALL_MS", default_value_t = 30_000)]
+    #[arg(long, env = "VERDICT_MAX_WALL_MS", default_value_t = InputPolicy::MAX_LIMITS.wall_time_ms)]
     pub(crate) max_wall_ms: u64,
     /// Default memory per test, KiB.
-    #[arg(long, env = "VERDICT_DEFAULT_MEMORY_KB", default_value_t = 256 * 1024)]
+    #[arg(long, env = "VERDICT_DEFAULT_MEMORY_KB", default_value_t = InputPolicy::DEFAULT_LIMITS.memory_kb)]
     pub(crate) default_memory_kb: u64,
-    #[arg(long, env = "VERDICT_MAX_MEMORY_KB", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "VERDICT_MAX_MEMORY_KB", default_value_t = InputPolicy::MAX_LIMITS.memory_kb)]
     pub(crate) max_memory_kb: u64,
     /// Default stdout + stderr per test, bytes.
-    #[arg(long, env = "VERDICT_DEFAULT_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "VERDICT_DEFAULT_OUTPUT_BYTES", default_value_t = InputPolicy::DEFAULT_LIMITS.output_bytes)]
     pub(crate) default_output_bytes: u64,
-    #[arg(long, env = "VERDICT_MAX_OUTPUT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "VERDICT_MAX_OUTPUT_BYTES", default_value_t = InputPolicy::MAX_LIMITS.output_bytes)]
     pub(crate) max_output_bytes: u64,
     /// Default processes and threads per test.
-    #[arg(long, env = "VERDICT_DEFAULT_PROCESSES", default_value_t = 64)]
+    #[arg(long, env = "VERDICT_DEFAULT_PROCESSES", default_value_t = InputPolicy::DEFAULT_LIMITS.processes)]
     pub(crate) default_processes: u64,
-    #[arg(long, env = "VERDICT_MAX_PROCESSES", default_value_t = 256)]
+    #[arg(long, env = "VERDICT_MAX_PROCESSES", default_value_t = InputPolicy::MAX_LIMITS.processes)]
     pub(crate) max_processes: u64,
     /// Test data one problem may store, bytes (inputs and answers, each distinct file once).
     #[arg(long, env = "VERDICT_MAX_PROBLEM_BYTES", default_value_t = verdict_server::DEFAULT_MAX_PROBLEM_BYTES)]
@@ -88,20 +90,20 @@ impl LimitsArgs {
     }
 }
 
-/// The compile step's limits (per-language `compile_limits` add to these) and the
-/// compile cache.
+/// The compile step's limits (per-language `compile_limits` add to these; the flags'
+/// defaults are [`WorkerConfig::DEFAULT_COMPILE_LIMITS`]) and the compile cache.
 #[derive(Args, Clone)]
 pub(crate) struct CompileArgs {
-    #[arg(long, env = "VERDICT_COMPILE_CPU_MS", default_value_t = 15_000)]
+    #[arg(long, env = "VERDICT_COMPILE_CPU_MS", default_value_t = WorkerConfig::DEFAULT_COMPILE_LIMITS.cpu_time_ms)]
     pub(crate) compile_cpu_ms: u64,
-    #[arg(long, env = "VERDICT_COMPILE_WALL_MS", default_value_t = 30_000)]
+    #[arg(long, env = "VERDICT_COMPILE_WALL_MS", default_value_t = WorkerConfig::DEFAULT_COMPILE_LIMITS.wall_time_ms)]
     pub(crate) compile_wall_ms: u64,
-    #[arg(long, env = "VERDICT_COMPILE_MEMORY_KB", default_value_t = 512 * 1024)]
+    #[arg(long, env = "VERDICT_COMPILE_MEMORY_KB", default_value_t = WorkerConfig::DEFAULT_COMPILE_LIMITS.memory_kb)]
     pub(crate) compile_memory_kb: u64,
     /// Compiler stdout + stderr kept (compileOutput shows at most 64 KiB of it).
-    #[arg(long, env = "VERDICT_COMPILE_OUTPUT_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "VERDICT_COMPILE_OUTPUT_BYTES", default_value_t = WorkerConfig::DEFAULT_COMPILE_LIMITS.output_bytes)]
     pub(crate) compile_output_bytes: u64,
-    #[arg(long, env = "VERDICT_COMPILE_PROCESSES", default_value_t = 64)]
+    #[arg(long, env = "VERDICT_COMPILE_PROCESSES", default_value_t = WorkerConfig::DEFAULT_COMPILE_LIMITS.processes)]
     pub(crate) compile_processes: u64,
     /// Directory of this machine's compile cache. Default: /var/cache/verdict/compile as
     /// root, else $XDG_CACHE_HOME/verdict or ~/.cache/verdict.

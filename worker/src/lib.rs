@@ -70,18 +70,24 @@ pub struct WorkerConfig {
     pub lease_renewal: Duration,
 }
 
+impl WorkerConfig {
+    /// Limits of the compile step unless configured: the one source of these numbers (the
+    /// `verdict` binary's `--compile-*` flags default to them).
+    pub const DEFAULT_COMPILE_LIMITS: Limits = Limits {
+        cpu_time_ms: 15_000,
+        wall_time_ms: 30_000,
+        memory_kb: 512 * 1024,
+        output_bytes: 256 * 1024,
+        processes: 64,
+    };
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             concurrency: std::thread::available_parallelism().map_or(2, usize::from),
             consumer: format!("worker-{}", std::process::id()),
-            compile_limits: Limits {
-                cpu_time_ms: 15_000,
-                wall_time_ms: 30_000,
-                memory_kb: 512 * 1024,
-                output_bytes: 256 * 1024,
-                processes: 64,
-            },
+            compile_limits: Self::DEFAULT_COMPILE_LIMITS,
             slot_dir: paths::Locations::for_this_process().slot_dir,
             grace: Duration::from_secs(30),
             compile_cache_dir: Some(paths::Locations::for_this_process().compile_cache_dir),
