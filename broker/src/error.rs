@@ -21,6 +21,10 @@ pub enum BrokerError {
     /// Redis is not connected right now (reconnecting); fail fast instead of queueing.
     #[error("redis is not connected")]
     Unavailable,
+    /// Redis answered in a shape the broker does not expect (a bug or a version
+    /// mismatch): an internal error, never "closed".
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
     /// The broker is shutting down.
     #[error("broker closed")]
     Closed,

@@ -12,8 +12,6 @@ mod hub;
 mod latency;
 mod memory;
 mod once;
-// Wired into the embedded broker by the next commit (--data-dir).
-#[allow(dead_code)]
 mod persist;
 mod problems;
 mod quota;
@@ -136,6 +134,21 @@ pub trait Broker: Send + Sync + 'static {
     /// At most `limit` entries of the verdict feed (feed.rs) after entry id `after`
     /// (`"0"`: from the oldest kept), oldest first.
     async fn finished_after(&self, after: &str, limit: usize) -> Result<Vec<FeedEntry>>;
+
+    /// Reads the verdict feed as member `consumer` of consumer group `group` (created at
+    /// the feed's end on first use), at most `count` entries; see [`FeedRead`]. Each
+    /// entry handed out stays pending until [`Broker::feed_group_ack`]: at-least-once
+    /// delivery for the readers of the feed (the webhook sender).
+    async fn feed_group_read(
+        &self,
+        group: &str,
+        consumer: &str,
+        read: FeedRead,
+        count: usize,
+    ) -> Result<FeedBatch>;
+
+    /// Ends the pending state of entries of `group`: they are done.
+    async fn feed_group_ack(&self, group: &str, ids: &[String]) -> Result<()>;
 
     /// At most `limit` logged events with `seq > after`, in order. Paged so a subscriber
     /// catching up on a huge log never holds all of it at once. TestFinishedEvent and

@@ -25,6 +25,7 @@ use crate::error::{BrokerError, Result};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+const RESULTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("results");
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
 const FEED: TableDefinition<u64, &str> = TableDefinition::new("feed");
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
@@ -47,7 +48,16 @@ pub(crate) enum Op {
         id: String,
         events: Vec<(u64, Vec<u8>)>,
     },
-    /// A record expired or was evicted: it and its log go.
+    /// A finished test's result (with its output), kept beside the log until the final
+    /// record takes it over.
+    Result {
+        id: String,
+        index: u32,
+        json: Vec<u8>,
+    },
+    /// The final record took the results over.
+    DropResults { id: String },
+    /// A record expired or was evicted: it, its log and its results go.
     Drop { id: String },
     /// A job entered the queue under delivery number `n`.
     Enqueue { n: u64, json: Vec<u8> },
@@ -75,6 +85,8 @@ pub(crate) struct Snapshot {
     pub records: Vec<(String, Vec<u8>)>,
     /// Each record's log, in `seq` order.
     pub events: HashMap<String, Vec<(u64, Vec<u8>)>>,
+    /// Each record's results kept beside the log, by test index.
+    pub results: HashMap<String, Vec<(u32, Vec<u8>)>>,
     pub queue: Vec<(u64, Vec<u8>)>,
     pub feed: Vec<(u64, String)>,
     pub groups: Vec<(String, Vec<u8>)>,
@@ -149,6 +161,7 @@ fn read(db: &Database) -> std::result::Result<Snapshot, redb::Error> {
     let txn = db.begin_write()?;
     txn.open_table(RECORDS)?;
     txn.open_table(EVENTS)?;
+    txn.open_table(RESULTS)?;
     txn.open_table(QUEUE)?;
     txn.open_table(FEED)?;
     txn.open_table(GROUPS)?;
@@ -171,6 +184,15 @@ fn read(db: &Database) -> std::result::Result<Snapshot, redb::Error> {
             .entry(id.to_owned())
             .or_default()
             .push((seq, v.value().to_vec()));
+    }
+    for row in txn.open_table(RESULTS)?.iter()? {
+        let (k, v) = row?;
+        let (id, index) = k.value();
+        snapshot
+            .results
+            .entry(id.to_owned())
+            .or_default()
+            .push((index, v.value().to_vec()));
     }
     for row in txn.open_table(QUEUE)?.iter()? {
         let (k, v) = row?;
@@ -234,6 +256,7 @@ fn commit(db: &Database, ops: Vec<Op>) -> std::result::Result<(), redb::Error> {
     {
         let mut records = txn.open_table(RECORDS)?;
         let mut events = txn.open_table(EVENTS)?;
+        let mut results = txn.open_table(RESULTS)?;
         let mut queue = txn.open_table(QUEUE)?;
         let mut feed = txn.open_table(FEED)?;
         let mut groups = txn.open_table(GROUPS)?;
@@ -252,9 +275,16 @@ fn commit(db: &Database, ops: Vec<Op>) -> std::result::Result<(), redb::Error> {
                         events.insert((id.as_str(), seq), json.as_slice())?;
                     }
                 }
+                Op::Result { id, index, json } => {
+                    results.insert((id.as_str(), index), json.as_slice())?;
+                }
+                Op::DropResults { id } => {
+                    results.retain_in((id.as_str(), 0)..=(id.as_str(), u32::MAX), |_, _| false)?;
+                }
                 Op::Drop { id } => {
                     records.remove(id.as_str())?;
                     events.retain_in((id.as_str(), 0)..=(id.as_str(), u64::MAX), |_, _| false)?;
+                    results.retain_in((id.as_str(), 0)..=(id.as_str(), u32::MAX), |_, _| false)?;
                 }
                 Op::Enqueue { n, json } => {
                     queue.insert(n, json.as_slice())?;

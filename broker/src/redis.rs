@@ -28,6 +28,8 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
+
+mod feed_group;
 use tokio::sync::{mpsc, OnceCell};
 
 use crate::error::{BrokerError, Result};
@@ -313,6 +315,10 @@ pub struct RedisBroker {
     subscriber: SubscriberClient,
     /// Created on first `next_job`, so servers never open it.
     blocking: OnceCell<Client>,
+    /// The verdict feed's blocking group reads (webhooks), created on first use.
+    feed_blocking: OnceCell<Client>,
+    /// Feed consumer groups this process made sure exist.
+    feed_groups: std::sync::Mutex<std::collections::HashSet<String>>,
     config: Config,
     names: Names,
     hub: Arc<Hub>,
@@ -399,6 +405,8 @@ impl RedisBroker {
             client,
             subscriber,
             blocking: OnceCell::new(),
+            feed_blocking: OnceCell::new(),
+            feed_groups: std::sync::Mutex::new(std::collections::HashSet::new()),
             config,
             names: names.clone(),
             hub,
@@ -442,16 +450,24 @@ impl RedisBroker {
     }
 
     async fn blocking_client(&self) -> Result<&Client> {
-        self.blocking
-            .get_or_try_init(|| async {
-                let client = builder(&self.config)
-                    .with_performance_config(|p| p.default_command_timeout = Duration::ZERO)
-                    .build()?;
-                client.init().await?;
-                count_reconnects(&client, &self.reconnects);
-                Ok::<_, BrokerError>(client)
-            })
-            .await
+        self.dedicated(&self.blocking).await
+    }
+
+    async fn feed_blocking_client(&self) -> Result<&Client> {
+        self.dedicated(&self.feed_blocking).await
+    }
+
+    /// A connection of its own for blocking reads, without a command timeout.
+    async fn dedicated<'a>(&'a self, cell: &'a OnceCell<Client>) -> Result<&'a Client> {
+        cell.get_or_try_init(|| async {
+            let client = builder(&self.config)
+                .with_performance_config(|p| p.default_command_timeout = Duration::ZERO)
+                .build()?;
+            client.init().await?;
+            count_reconnects(&client, &self.reconnects);
+            Ok::<_, BrokerError>(client)
+        })
+        .await
     }
 
     fn ttl_secs(&self) -> String {
@@ -1157,6 +1173,30 @@ impl Broker for RedisBroker {
                 })
             })
             .collect()
+    }
+
+    async fn feed_group_read(
+        &self,
+        group: &str,
+        consumer: &str,
+        read: crate::FeedRead,
+        count: usize,
+    ) -> Result<crate::FeedBatch> {
+        match self.group_read(group, consumer, &read, count).await {
+            // Redis lost the group (a restart without persistence): make it again.
+            Err(BrokerError::Redis(e)) if e.details().contains("NOGROUP") => {
+                self.feed_groups
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(group);
+                self.group_read(group, consumer, &read, count).await
+            }
+            other => other,
+        }
+    }
+
+    async fn feed_group_ack(&self, group: &str, ids: &[String]) -> Result<()> {
+        self.group_ack(group, ids).await
     }
 
     async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {

@@ -306,6 +306,7 @@ contract!(
     each_job_is_delivered_once,
     queue_limit_refuses_submits,
     latency_histograms_count_each_finished_submission_once,
+    feed_groups_hand_each_entry_out_until_acknowledged,
 );
 
 fn toolchains(ids: &[(&str, &str)]) -> Toolchains {
@@ -980,4 +981,298 @@ async fn output_is_stored_once_and_late_subscribers_see_the_same_events() {
             }
         }
     }
+}
+
+/// Submits and finishes `n` jobs; returns their ids in finishing order.
+async fn finish_n(broker: &SharedBroker, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let job = job("print(1)");
+        broker.submit(&job).await.expect("submit");
+        broker
+            .finish(&finished(&job, Verdict::Accepted))
+            .await
+            .expect("finish")
+            .expect("first final write");
+        ids.push(job.submission.id);
+    }
+    ids
+}
+
+fn ids_of(batch: &FeedBatch) -> Vec<String> {
+    batch
+        .entries
+        .iter()
+        .map(|e| e.submission.id.clone())
+        .collect()
+}
+
+/// The at-least-once contract webhooks stand on (feed.rs, FeedRead), on both backends.
+async fn feed_groups_hand_each_entry_out_until_acknowledged(broker: SharedBroker) {
+    let group = format!("g-{}", uuid::Uuid::new_v4().simple());
+    let none = FeedRead::New {
+        wait: Duration::from_millis(50),
+    };
+    // A group starts at the feed's end: what finished before it is not its backlog.
+    finish_n(&broker, 2).await;
+    let empty = broker
+        .feed_group_read(&group, "a", none.clone(), 10)
+        .await
+        .expect("read");
+    assert!(
+        empty.entries.is_empty() && empty.last_id.is_none(),
+        "{empty:?}"
+    );
+
+    let ids = finish_n(&broker, 3).await;
+    let first = broker
+        .feed_group_read(&group, "a", none.clone(), 2)
+        .await
+        .expect("read");
+    assert_eq!(ids_of(&first), ids[..2], "oldest first, at most `count`");
+    let rest = broker
+        .feed_group_read(&group, "a", none.clone(), 10)
+        .await
+        .expect("read");
+    assert_eq!(ids_of(&rest), ids[2..]);
+    assert!(
+        broker
+            .feed_group_read(&group, "b", none.clone(), 10)
+            .await
+            .expect("read")
+            .entries
+            .is_empty(),
+        "each entry goes to one member"
+    );
+
+    // The first is acknowledged; the other two stay pending under "a".
+    broker
+        .feed_group_ack(&group, &[first.entries[0].id.clone()])
+        .await
+        .expect("ack");
+    let own = broker
+        .feed_group_read(&group, "a", FeedRead::Pending { after: "0".into() }, 10)
+        .await
+        .expect("read");
+    assert_eq!(ids_of(&own), ids[1..], "own pending, as after a restart");
+    let after = own.entries[0].id.clone();
+    let paged = broker
+        .feed_group_read(&group, "a", FeedRead::Pending { after }, 10)
+        .await
+        .expect("read");
+    assert_eq!(ids_of(&paged), ids[2..], "paged by id");
+    assert!(broker
+        .feed_group_read(&group, "b", FeedRead::Pending { after: "0".into() }, 10)
+        .await
+        .expect("read")
+        .entries
+        .is_empty());
+
+    // Not idle long enough: nothing to take over. Idle enough: "b" takes them.
+    let busy = FeedRead::Stale {
+        min_idle: Duration::from_secs(3600),
+    };
+    assert!(broker
+        .feed_group_read(&group, "b", busy, 10)
+        .await
+        .expect("read")
+        .entries
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let stale = FeedRead::Stale {
+        min_idle: Duration::from_millis(10),
+    };
+    let taken = broker
+        .feed_group_read(&group, "b", stale, 10)
+        .await
+        .expect("read");
+    assert_eq!(ids_of(&taken), ids[1..]);
+    assert_eq!(
+        taken.entries[0].submission.status,
+        Status::Finished,
+        "the whole record"
+    );
+    let theirs = broker
+        .feed_group_read(&group, "b", FeedRead::Pending { after: "0".into() }, 10)
+        .await
+        .expect("read");
+    assert_eq!(ids_of(&theirs), ids[1..], "now pending under b");
+    let acks: Vec<String> = theirs.entries.iter().map(|e| e.id.clone()).collect();
+    broker.feed_group_ack(&group, &acks).await.expect("ack");
+    for member in ["a", "b"] {
+        let left = broker
+            .feed_group_read(&group, member, FeedRead::Pending { after: "0".into() }, 10)
+            .await
+            .expect("read");
+        assert!(
+            left.entries.is_empty() && left.gone.is_empty(),
+            "{member}: {left:?}"
+        );
+    }
+
+    // A waiting read wakes when an entry arrives, well before its wait is over.
+    let waiter = {
+        let broker = broker.clone();
+        let group = group.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let wait = FeedRead::New {
+                wait: Duration::from_secs(20),
+            };
+            let batch = broker
+                .feed_group_read(&group, "a", wait, 10)
+                .await
+                .expect("read");
+            (batch, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = finish_n(&broker, 1).await;
+    let (batch, took) = waiter.await.expect("join");
+    assert_eq!(ids_of(&batch), late);
+    assert!(took < Duration::from_secs(10), "woke after {took:?}");
+}
+
+/// `--data-dir`: what the embedded broker held is there again after the process ends,
+/// without a clean shutdown (the broker is dropped mid-state: nothing is flushed then).
+#[tokio::test]
+async fn memory_data_dir_keeps_records_logs_queue_and_groups_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = BrokerSettings::default();
+    let (done_id, queued_id, running_id, log_before, feed_id);
+    {
+        let broker: SharedBroker = MemoryBroker::open(settings.clone(), dir.path()).expect("open");
+        let done = job("print('done')");
+        broker.submit(&done).await.expect("submit");
+        let delivery = broker
+            .next_job("w", Duration::from_secs(1))
+            .await
+            .expect("take")
+            .expect("a job");
+        broker
+            .publish(&done.submission.id, output("done\n".into()))
+            .await
+            .expect("publish");
+        let mut record = finished(&done, Verdict::Accepted);
+        record.tests = vec![result_with(1, "done\n".into())];
+        broker
+            .finish(&record)
+            .await
+            .expect("finish")
+            .expect("first");
+        broker.ack(&delivery).await.expect("ack");
+        done_id = done.submission.id.clone();
+        log_before = broker
+            .events_after(&done_id, 0, usize::MAX)
+            .await
+            .expect("log");
+
+        let running = job("print('running')");
+        broker.submit(&running).await.expect("submit");
+        let held = broker
+            .next_job("w", Duration::from_secs(1))
+            .await
+            .expect("take")
+            .expect("job");
+        assert_eq!(held.job.submission.id, running.submission.id);
+        broker
+            .publish(&running.submission.id, EventKind::Compiling)
+            .await
+            .expect("publish");
+        running_id = running.submission.id.clone();
+
+        let queued = job("print('queued')");
+        broker.submit(&queued).await.expect("submit");
+        queued_id = queued.submission.id.clone();
+
+        // A group with one pending entry.
+        let group_ids = {
+            let read = FeedRead::New {
+                wait: Duration::from_millis(10),
+            };
+            let first = broker
+                .feed_group_read("hooks", "me", read, 10)
+                .await
+                .expect("read");
+            assert!(first.entries.is_empty());
+            finish_n(&broker, 1).await
+        };
+        let read = FeedRead::New {
+            wait: Duration::from_millis(10),
+        };
+        let got = broker
+            .feed_group_read("hooks", "me", read, 10)
+            .await
+            .expect("read");
+        assert_eq!(ids_of(&got), group_ids);
+        feed_id = group_ids[0].clone();
+        // The last change must reach the disk without a clean shutdown: a submit waits
+        // for everything before it.
+        broker.submit(&job("print('sync')")).await.expect("submit");
+    }
+    let broker = loop {
+        // The old writer thread lets go of the file once it has drained.
+        match MemoryBroker::open(settings.clone(), dir.path()) {
+            Ok(b) => break b,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let broker: SharedBroker = broker;
+    let done = broker
+        .submission(&done_id)
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(done.verdict, Some(Verdict::Accepted));
+    assert_eq!(done.tests[0].stdout, "done\n");
+    assert_eq!(
+        broker
+            .events_after(&done_id, 0, usize::MAX)
+            .await
+            .expect("log"),
+        log_before,
+        "the same log, event for event"
+    );
+    let running = broker
+        .submission(&running_id)
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(
+        running.status,
+        Status::Compiling,
+        "the status its log last showed"
+    );
+    // Both unfinished jobs are queued again, the one a worker held first.
+    let mut order = Vec::new();
+    while let Some(d) = broker
+        .next_job("w2", Duration::from_millis(100))
+        .await
+        .expect("take")
+    {
+        order.push(d.job.submission.id.clone());
+    }
+    assert_eq!(
+        order[..2],
+        [running_id.clone(), queued_id.clone()],
+        "{order:?}"
+    );
+    assert_eq!(
+        order.len(),
+        3,
+        "and the last submit; the finished job is not queued again"
+    );
+    // The next event goes on from the log's last seq.
+    let next = broker
+        .publish(&running_id, EventKind::Compiling)
+        .await
+        .expect("publish")
+        .expect("event");
+    assert_eq!(next.seq, 3);
+    // The group's pending entry is still pending under its member.
+    let own = broker
+        .feed_group_read("hooks", "me", FeedRead::Pending { after: "0".into() }, 10)
+        .await
+        .expect("read");
+    assert_eq!(ids_of(&own), [feed_id]);
 }

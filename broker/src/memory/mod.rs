@@ -1,6 +1,12 @@
 //! The embedded broker for `verdict standalone`: the same queue, log and fan-out as the
 //! Redis backend, held in this process. A product feature, not a test double: the broker
 //! contract tests run against it and against Redis alike.
+//!
+//! Its state can be kept on disk with `--data-dir` (load.rs, persist.rs); the verdict
+//! feed's consumer groups are in groups.rs.
+
+mod groups;
+mod load;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,9 +20,13 @@ use crate::error::{BrokerError, Result};
 use crate::hub::{Hub, LiveEvents, HUB_CAPACITY};
 use crate::latency::{Histogram, JobLatency};
 use crate::once;
+use crate::persist::{Op, Store};
 use crate::retention;
 use crate::types::{wire_name, Event, EventKind, Job, Outputs, Status, Submission, TestResult};
-use crate::{Broker, BrokerSettings, Delivery, QueueStats, Toolchains, WorkerInfo, WORKER_STALE};
+use crate::{
+    Broker, BrokerSettings, Delivery, FeedBatch, FeedRead, QueueStats, Toolchains, WorkerInfo,
+    WORKER_STALE,
+};
 
 /// Heap bytes assumed for an event or a record beside its text: the estimate the memory
 /// budgets count in (serializing every event just to measure it would cost more CPU than
@@ -112,27 +122,40 @@ struct State {
     /// drops out of the feed with it).
     feed: VecDeque<(u64, String)>,
     feed_next: u64,
+    /// The feed's consumer groups, by name.
+    groups: HashMap<String, groups::Group>,
 }
 
 /// In-process broker with Redis' semantics.
 pub struct MemoryBroker {
     state: Mutex<State>,
     jobs: Notify,
+    /// Woken when the feed grows, for group reads waiting for new entries.
+    feed_ready: Notify,
     hub: Arc<Hub>,
     settings: BrokerSettings,
+    /// The `--data-dir` journal; `None` keeps everything in memory only.
+    store: Option<Store>,
 }
 
 impl MemoryBroker {
     /// A fresh, empty broker. Inside a Tokio runtime it also expires records on a timer,
     /// so an idle process gives their memory back instead of waiting for the next request.
     pub fn new(settings: BrokerSettings) -> Arc<Self> {
+        Self::with_state(settings, State::default(), None)
+    }
+
+    fn with_state(settings: BrokerSettings, state: State, store: Option<Store>) -> Arc<Self> {
         let period = (settings.ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let broker = Arc::new(MemoryBroker {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             jobs: Notify::new(),
+            feed_ready: Notify::new(),
             hub: Hub::new(HUB_CAPACITY, None),
             settings,
+            store,
         });
+        broker.evict(&mut broker.state());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&broker);
             runtime.spawn(async move {
@@ -144,7 +167,7 @@ impl MemoryBroker {
                     // Ends with the broker: the task holds no strong reference.
                     let Some(broker) = weak.upgrade() else { break };
                     let mut state = broker.state();
-                    Self::expire(&mut state, Instant::now());
+                    broker.expire(&mut state, Instant::now());
                 }
             });
         }
@@ -157,13 +180,14 @@ impl MemoryBroker {
     }
 
     /// Drops expired records now.
-    fn expire(state: &mut State, now: Instant) {
+    fn expire(&self, state: &mut State, now: Instant) {
         state.last_sweep = Some(now);
         let mut freed = 0;
-        state.records.retain(|_, r| {
+        state.records.retain(|id, r| {
             let keep = r.expires > now;
             if !keep {
                 freed += r.bytes;
+                self.save(|| Some(Op::Drop { id: id.clone() }));
             }
             keep
         });
@@ -191,6 +215,7 @@ impl MemoryBroker {
                 break;
             };
             if let Some(record) = state.records.remove(&id) {
+                self.save(|| Some(Op::Drop { id: id.clone() }));
                 state.retained = state.retained.saturating_sub(record.bytes);
                 tracing::debug!(submission = %id, bytes = record.bytes, "evicted a finished submission: memory budget");
             }
@@ -213,14 +238,14 @@ impl MemoryBroker {
     }
 
     /// Drops expired records, at most once a minute, while the lock is held anyway.
-    fn sweep(state: &mut State, now: Instant) {
+    fn sweep(&self, state: &mut State, now: Instant) {
         if state
             .last_sweep
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60))
         {
             return;
         }
-        Self::expire(state, now);
+        self.expire(state, now);
     }
 
     /// Appends to the log (the stored copy; a test result's output goes beside it);
@@ -242,10 +267,13 @@ impl MemoryBroker {
             slice: None,
             kind,
         };
-        record.log.push(event.stored());
+        let stored = event.stored();
+        self.save_event(&stored);
+        record.log.push(stored);
         let mut event = event;
         if let EventKind::TestFinished { result } = &mut event.kind {
             // Kept whole beside the log; subscribers get the event's cut copy.
+            self.save_result(&record.submission.id, result);
             let live = result.for_event();
             record
                 .results
@@ -307,7 +335,7 @@ impl Broker for MemoryBroker {
         let event = {
             let mut state = self.state();
             let now = Instant::now();
-            Self::sweep(&mut state, now);
+            self.sweep(&mut state, now);
             let waiting = state.queue.len() as u64;
             if self.settings.max_queue > 0 && waiting >= self.settings.max_queue {
                 return Err(BrokerError::QueueFull(waiting));
@@ -338,12 +366,27 @@ impl Broker for MemoryBroker {
                 },
             );
             state.retained += record.bytes;
+            self.save_record(&record);
             state.records.insert(job.submission.id.clone(), record);
             let delivery = state.next_delivery;
             state.next_delivery += 1;
+            self.save(|| {
+                Some(Op::Enqueue {
+                    n: delivery,
+                    json: serde_json::to_vec(job).ok()?,
+                })
+            });
+            self.save(|| {
+                Some(Op::Meta {
+                    key: load::NEXT_DELIVERY,
+                    value: delivery + 1,
+                })
+            });
             state.queue.push_back((delivery, job.clone()));
             event
         };
+        // The id goes back to the client only once a restart would keep it.
+        self.synced().await?;
         self.jobs.notify_one();
         self.hub.deliver(event.clone());
         Ok(event)
@@ -460,12 +503,32 @@ impl Broker for MemoryBroker {
             // The verdict feed: appended here, at the first final write only.
             *feed_next += 1;
             feed.push_back((*feed_next, last.id.clone()));
+            self.save(|| {
+                Some(Op::Feed {
+                    n: *feed_next,
+                    id: last.id.clone(),
+                })
+            });
+            self.save(|| {
+                Some(Op::Meta {
+                    key: load::FEED_NEXT,
+                    value: *feed_next,
+                })
+            });
             let cap = usize::try_from(self.settings.feed_max_len.max(1)).unwrap_or(usize::MAX);
+            let mut trimmed = false;
             while feed.len() > cap {
                 feed.pop_front();
+                trimmed = true;
+            }
+            if trimmed {
+                if let Some((below, _)) = feed.front() {
+                    self.save(|| Some(Op::FeedTrim { below: *below }));
+                }
             }
             record.submission = last;
             let moved = to_u64(Self::refer_to_record(record));
+            self.save_final(record);
             record.log_bytes = record.log_bytes.saturating_sub(moved);
             record.bytes = (record.bytes + new).saturating_sub(old + moved);
             *retained = (*retained + size + new).saturating_sub(old + moved);
@@ -473,6 +536,9 @@ impl Broker for MemoryBroker {
             self.evict(&mut guard);
             event
         };
+        self.feed_ready.notify_waiters();
+        // No client hears of a verdict that a restart would lose.
+        self.synced().await?;
         self.hub.deliver(event.clone());
         Ok(Some(event))
     }
@@ -512,6 +578,21 @@ impl Broker for MemoryBroker {
             })
             .take(limit.max(1))
             .collect())
+    }
+
+    async fn feed_group_read(
+        &self,
+        group: &str,
+        consumer: &str,
+        read: FeedRead,
+        count: usize,
+    ) -> Result<FeedBatch> {
+        self.group_read(group, consumer, read, count).await
+    }
+
+    async fn feed_group_ack(&self, group: &str, ids: &[String]) -> Result<()> {
+        self.group_ack(&mut self.state(), group, ids);
+        Ok(())
     }
 
     async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
@@ -603,6 +684,7 @@ impl Broker for MemoryBroker {
     async fn ack(&self, delivery: &Delivery) -> Result<()> {
         if let Ok(id) = delivery.id.parse::<u64>() {
             self.state().in_flight.remove(&id);
+            self.save(|| Some(Op::Dequeue { n: id }));
         }
         Ok(())
     }
