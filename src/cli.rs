@@ -5,6 +5,7 @@
 mod api;
 mod limits;
 mod redis;
+mod webhook;
 mod worker;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 pub(crate) use api::ApiArgs;
 pub(crate) use limits::{CompileArgs, LimitsArgs};
 pub(crate) use redis::{BrokerArgs, RedisArgs};
+pub(crate) use webhook::WebhookArgs;
 pub(crate) use worker::WorkerTuning;
 
 /// Real-time code execution: GraphQL in, sandboxed runs, live events out.
@@ -132,6 +134,12 @@ pub(crate) struct StandaloneArgs {
     /// files; the id is the name) at start-up.
     #[arg(long, env = "VERDICT_PROBLEMS_DIR")]
     pub(crate) problems_dir: Option<PathBuf>,
+    /// Keep the embedded broker's records, event logs, queue and verdict feed in DIR, so
+    /// that they survive a restart (README, "What a restart keeps"). Default: memory only.
+    #[arg(long, env = "VERDICT_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) webhook: WebhookArgs,
     #[command(flatten)]
     pub(crate) tuning: WorkerTuning,
     #[command(flatten)]
@@ -157,6 +165,8 @@ pub(crate) struct ServerArgs {
     #[command(flatten)]
     pub(crate) redis: RedisArgs,
     #[command(flatten)]
+    pub(crate) webhook: WebhookArgs,
+    #[command(flatten)]
     pub(crate) limits: LimitsArgs,
     #[command(flatten)]
     pub(crate) broker: BrokerArgs,
@@ -168,6 +178,8 @@ pub(crate) struct ServerArgs {
 pub(crate) struct WorkerArgs {
     #[command(flatten)]
     pub(crate) redis: RedisArgs,
+    #[command(flatten)]
+    pub(crate) webhook: WebhookArgs,
     #[arg(long, env = "VERDICT_CONCURRENCY")]
     pub(crate) concurrency: Option<usize>,
     #[command(flatten)]

@@ -16,7 +16,7 @@ use verdict_worker::{Worker, WorkerConfig};
 
 use crate::cli::{
     ApiArgs, BrokerArgs, CatalogueArgs, CompileArgs, LimitsArgs, ServerArgs, StandaloneArgs,
-    WorkerArgs, WorkerTuning,
+    WebhookArgs, WorkerArgs, WorkerTuning,
 };
 use crate::redact::redact;
 use crate::BoxError;
@@ -25,11 +25,25 @@ use crate::BoxError;
 pub(crate) async fn standalone(args: StandaloneArgs) -> Result<(), BoxError> {
     let shutdown = shutdown_on_signal();
     let redis_url = args.redis.url().await?;
-    let broker = broker(redis_url.as_deref(), &args.broker).await?;
+    let broker = match (&args.data_dir, &redis_url) {
+        (Some(_), Some(_)) => {
+            return Err("--data-dir is for the embedded broker; on Redis, Redis keeps the state (configure its persistence)".into())
+        }
+        (Some(dir), None) => {
+            let settings = settings(&args.broker);
+            let dir = dir.clone();
+            let opened =
+                tokio::task::spawn_blocking(move || MemoryBroker::open(settings, &dir)).await?;
+            let shared: SharedBroker = opened.map_err(|e| format!("--data-dir: {e}"))?;
+            shared
+        }
+        (None, url) => broker(url.as_deref(), &args.broker).await?,
+    };
     let problems = problem_store(redis_url.as_deref(), &args.broker).await?;
     let catalogue = catalogue(&args.catalogue).await?;
     let policy = input_policy(&args.limits, &args.broker)?;
     load_problems(args.problems_dir.as_deref(), &problems, &policy, &catalogue).await?;
+    let webhook = start_webhook(&broker, &args.webhook, "standalone", &shutdown)?;
     let worker = start_worker(
         Arc::clone(&broker),
         Arc::clone(&problems),
@@ -52,11 +66,13 @@ pub(crate) async fn standalone(args: StandaloneArgs) -> Result<(), BoxError> {
         redis_url
             .as_deref()
             .map(|url| (url, args.broker.redis_namespace.as_str())),
+        webhook.as_ref().map(|w| w.metrics()),
     )
     .await?;
     server.await??;
     shutdown.cancel();
     worker.await?;
+    stop_webhook(webhook).await;
     Ok(())
 }
 
@@ -70,6 +86,7 @@ pub(crate) async fn server(args: ServerArgs) -> Result<(), BoxError> {
     let policy = input_policy(&args.limits, &args.broker)?;
     load_problems(args.problems_dir.as_deref(), &problems, &policy, &catalogue).await?;
     let redis = Some((redis_url.as_str(), args.broker.redis_namespace.as_str()));
+    let webhook = start_webhook(&broker, &args.webhook, "server", &shutdown)?;
     start_server(
         broker,
         problems,
@@ -77,11 +94,14 @@ pub(crate) async fn server(args: ServerArgs) -> Result<(), BoxError> {
         args.listen,
         &args.api,
         policy,
-        shutdown,
+        shutdown.clone(),
         redis,
+        webhook.as_ref().map(|w| w.metrics()),
     )
     .await?
     .await??;
+    shutdown.cancel();
+    stop_webhook(webhook).await;
     Ok(())
 }
 
@@ -92,6 +112,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<(), BoxError> {
     let broker = broker(Some(&redis_url), &args.broker).await?;
     let problems = problem_store(Some(&redis_url), &args.broker).await?;
     let catalogue = catalogue(&args.catalogue).await?;
+    let webhook = start_webhook(&broker, &args.webhook, "worker", &shutdown)?;
     start_worker(
         broker,
         problems,
@@ -100,10 +121,12 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<(), BoxError> {
         &args.tuning,
         &args.compile,
         &args.broker,
-        shutdown,
+        shutdown.clone(),
     )
     .await?
     .await?;
+    shutdown.cancel();
+    stop_webhook(webhook).await;
     Ok(())
 }
 
@@ -309,6 +332,8 @@ pub(crate) async fn start_server(
     shutdown: CancellationToken,
     // (url, namespace): quotas are counted there, shared by all servers.
     redis: Option<(&str, &str)>,
+    // Shown in /metrics beside the server's own (the webhook sender's).
+    extra_metrics: Option<verdict_server::MetricsSource>,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, BoxError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -324,5 +349,59 @@ pub(crate) async fn start_server(
         api.limits(redis).await?,
         problems,
     );
+    if let Some(source) = extra_metrics {
+        state.api.metrics.add_source(source);
+    }
     Ok(tokio::spawn(verdict_server::serve(listener, state)))
+}
+
+/// A running webhook sender (verdict-webhook) and what its tasks are.
+pub(crate) struct Webhook {
+    tasks: tokio_util::task::TaskTracker,
+    metrics: Arc<verdict_webhook::WebhookMetrics>,
+}
+
+impl Webhook {
+    fn metrics(&self) -> verdict_server::MetricsSource {
+        let metrics = Arc::clone(&self.metrics);
+        Arc::new(move |out: &mut String| metrics.render(out))
+    }
+}
+
+/// Starts the webhook sender when `--webhook-url` is set. Its consumer name is this
+/// host's name and the process's role, the same after a restart, so that a restarted
+/// process resends first what it had not finished delivering.
+pub(crate) fn start_webhook(
+    broker: &SharedBroker,
+    args: &WebhookArgs,
+    role: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<Webhook>, BoxError> {
+    let Some(url) = &args.webhook_url else {
+        return Ok(None);
+    };
+    let config = verdict_webhook::WebhookConfig::new(
+        url,
+        args.webhook_secret_file.as_deref(),
+        args.webhook_max_attempts,
+        format!("{}:{role}", hostname()),
+    )?;
+    let tasks = tokio_util::task::TaskTracker::new();
+    let metrics = verdict_webhook::spawn(Arc::clone(broker), config, shutdown.clone(), &tasks)?;
+    tasks.close();
+    tracing::info!(url = %redact(url), "webhooks: sending each finished submission");
+    Ok(Some(Webhook { tasks, metrics }))
+}
+
+/// Waits (briefly) for the sender's tasks after shutdown: what they had not delivered
+/// stays pending in the feed group for the next start.
+pub(crate) async fn stop_webhook(webhook: Option<Webhook>) {
+    if let Some(w) = webhook {
+        if tokio::time::timeout(Duration::from_secs(2), w.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("webhooks: deliveries still in flight at exit stay pending");
+        }
+    }
 }

@@ -27,7 +27,7 @@ pub use app::{app, AppState};
 pub use auth::{ApiKeys, AuthError, Caller, KeyFileError};
 pub use error::ApiError;
 pub use limits::{Access, ApiLimits};
-pub use metrics::Metrics;
+pub use metrics::{Metrics, MetricsSource};
 pub use schema::{build, sdl, ApiState, VerdictSchema};
 pub use validate::{InputPolicy, DEFAULT_MAX_PROBLEM_BYTES};
 pub use ws::{Protocol, PROTOCOLS};

@@ -55,9 +55,13 @@ const SUBMIT_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Appends Prometheus text for a part outside this crate ([`Metrics::add_source`]).
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// Process-wide counters.
 #[derive(Default)]
 pub struct Metrics {
+    sources: Mutex<Vec<MetricsSource>>,
     submissions: AtomicU64,
     subscriptions_open: AtomicU64,
     subscriptions_total: AtomicU64,
@@ -290,7 +294,18 @@ impl Metrics {
              verdict_submit_seconds_count {count}",
             get(&self.submit_sum_us) as f64 / 1e6
         );
+        for source in self.sources.lock().map(|s| s.clone()).unwrap_or_default() {
+            source(&mut out);
+        }
         out
+    }
+
+    /// Adds the metrics of a part that lives beside the server in this process (the
+    /// webhook sender), rendered at the end of every scrape.
+    pub fn add_source(&self, source: MetricsSource) {
+        if let Ok(mut sources) = self.sources.lock() {
+            sources.push(source);
+        }
     }
 
     /// This process's resident and virtual memory, from /proc/self/status (read at scrape
