@@ -1467,3 +1467,147 @@ async fn admin_keys_read_watch_and_cancel_every_submission(judge: &Judge) {
     let r = judge.record(USER, &spin).await;
     assert_eq!(r["verdict"], "CANCELLED", "{r}");
 }
+
+// The verdict feed as a subscription: `finishedSubmissions` (issue 16).
+
+/// A graphql-transport-ws connection as `key`, acknowledged.
+async fn ws_as(
+    judge: &Judge,
+    key: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let request = judge
+        .server
+        .ws("/graphql")
+        .into_client_request_with_protocol();
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {key}") } });
+    ws.send(Message::Text(init.to_string().into()))
+        .await
+        .unwrap();
+    loop {
+        let Message::Text(text) = ws.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        if frame["type"] == "connection_ack" {
+            return ws;
+        }
+    }
+}
+
+const FINISHED: &str = "subscription($p: ID) { finishedSubmissions(problemId: $p) { id verdict score problemId tests { index stdout } } }";
+
+/// Reads frames until each operation of `ops` got its count of records, or `within`.
+async fn feed_records(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    ops: &[(&str, usize)],
+    within: Duration,
+) -> std::collections::HashMap<String, Vec<Value>> {
+    let mut got: std::collections::HashMap<String, Vec<Value>> = ops
+        .iter()
+        .map(|(op, _)| (op.to_string(), Vec::new()))
+        .collect();
+    let deadline = Instant::now() + within;
+    while ops.iter().any(|(op, n)| got[*op].len() < *n) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(msg) = tokio::time::timeout(left, ws.next()).await else {
+            break;
+        };
+        let Message::Text(text) = msg.unwrap().unwrap() else {
+            continue;
+        };
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        if frame["type"] == "next" {
+            assert!(frame["payload"]["errors"].is_null(), "{frame}");
+            let op = frame["id"].as_str().unwrap().to_owned();
+            got.entry(op)
+                .or_default()
+                .push(frame["payload"]["data"]["finishedSubmissions"].clone());
+        } else if frame["type"] == "error" {
+            panic!("{frame}");
+        }
+    }
+    got
+}
+
+async fn finished_submissions_is_live_for_admins_only(judge: &Judge) {
+    judge.put(a_plus_b("feedprob")).await;
+    let mut admin = ws_as(judge, ADMIN).await;
+    for (op, p) in [("all", Value::Null), ("one", json!("feedprob"))] {
+        let sub = json!({ "id": op, "type": "subscribe", "payload": { "query": FINISHED, "variables": { "p": p } } });
+        admin
+            .send(Message::Text(sub.to_string().into()))
+            .await
+            .unwrap();
+    }
+    // A key that is not admin is refused.
+    let mut user = ws_as(judge, USER).await;
+    let sub = json!({ "id": "u", "type": "subscribe", "payload": { "query": FINISHED, "variables": {} } });
+    user.send(Message::Text(sub.to_string().into()))
+        .await
+        .unwrap();
+    let refused = loop {
+        let Message::Text(text) = user.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        break serde_json::from_str::<Value>(&text).unwrap();
+    };
+    assert!(refused.to_string().contains("FORBIDDEN"), "{refused}");
+    // The admin's subscriptions are live once the server has read the feed's end.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let free = judge
+        .submit(
+            USER,
+            json!({ "language": "python3", "source": "print('free')" }),
+        )
+        .await;
+    let problem = judge
+        .submit(
+            USER,
+            json!({ "problemId": "feedprob", "language": "python3", "source": CORRECT }),
+        )
+        .await;
+    let got = feed_records(
+        &mut admin,
+        &[("all", 2), ("one", 1)],
+        Duration::from_secs(90),
+    )
+    .await;
+    let all: Vec<&str> = got["all"]
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(all.len(), 2, "{got:?}");
+    assert!(
+        all.contains(&free.as_str()) && all.contains(&problem.as_str()),
+        "{all:?}"
+    );
+    let one = &got["one"];
+    assert_eq!(one.len(), 1, "only the problem's submission: {one:?}");
+    assert_eq!(one[0]["id"], problem.as_str());
+    assert_eq!(one[0]["verdict"], "ACCEPTED");
+    assert_eq!(one[0]["score"], 100.0);
+    // An admin sees hidden tests' output in the feed too.
+    assert_eq!(one[0]["tests"][9]["stdout"], "9000003\n", "{one:?}");
+    // Nothing from before the subscription started: a new one sees neither.
+    let mut late = ws_as(judge, ADMIN).await;
+    let sub = json!({ "id": "late", "type": "subscribe", "payload": { "query": FINISHED, "variables": {} } });
+    late.send(Message::Text(sub.to_string().into()))
+        .await
+        .unwrap();
+    let old = feed_records(&mut late, &[("late", 1)], Duration::from_millis(1500)).await;
+    assert!(old["late"].is_empty(), "{old:?}");
+}
+
+#[tokio::test]
+async fn finished_submissions_is_live_for_admins_only_standalone() {
+    finished_submissions_is_live_for_admins_only(&Judge::standalone(&[])).await;
+}
+
+#[tokio::test]
+async fn finished_submissions_is_live_for_admins_only_on_redis() {
+    finished_submissions_is_live_for_admins_only(&Judge::on_redis(1)).await;
+}

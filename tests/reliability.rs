@@ -140,6 +140,22 @@ async fn killed_workers_lose_no_job_and_each_submission_finishes_once() {
         0,
         "no pending entries left in the job stream"
     );
+    // The verdict feed: exactly one entry per submission, kills or not.
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = r
+        .xrange(format!("{ns}:finished"), "-", "+", None)
+        .await
+        .unwrap();
+    let mut fed: Vec<String> = entries.iter().map(|(_, f)| f["id"].clone()).collect();
+    assert_eq!(fed.len(), 60, "one feed entry per submission");
+    fed.sort();
+    fed.dedup();
+    let mut submitted = ids.clone();
+    submitted.sort();
+    assert_eq!(fed, submitted, "each submission once in the feed");
+    assert!(entries
+        .iter()
+        .all(|(_, f)| f["verdict"] == "ACCEPTED"
+            && f["submission"].contains("\"status\":\"FINISHED\"")));
     println!(
         "worker crash: {finished}/60 finished exactly once; {} re-run after a kill; kill → re-run start (ms): {:?}; all done {:?} after the second kill",
         rerun_delays.len(),

@@ -135,6 +135,14 @@ pub trait Broker: Send + Sync + 'static {
     /// (`"0"`: from the oldest kept), oldest first.
     async fn finished_after(&self, after: &str, limit: usize) -> Result<Vec<FeedEntry>>;
 
+    /// The id of the feed's newest entry (`"0"` when empty): where a reader that wants
+    /// only what finishes from now on starts.
+    async fn feed_end(&self) -> Result<String>;
+
+    /// Like [`Broker::finished_after`], but when nothing is there yet, waits up to `wait`
+    /// for an entry (a blocking read: no polling).
+    async fn feed_wait(&self, after: &str, limit: usize, wait: Duration) -> Result<Vec<FeedEntry>>;
+
     /// Reads the verdict feed as member `consumer` of consumer group `group` (created at
     /// the feed's end on first use), at most `count` entries; see [`FeedRead`]. Each
     /// entry handed out stays pending until [`Broker::feed_group_ack`]: at-least-once

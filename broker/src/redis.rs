@@ -317,6 +317,8 @@ pub struct RedisBroker {
     blocking: OnceCell<Client>,
     /// The verdict feed's blocking group reads (webhooks), created on first use.
     feed_blocking: OnceCell<Client>,
+    /// The verdict feed's blocking reads for live readers (`finishedSubmissions`).
+    feed_watch: OnceCell<Client>,
     /// Feed consumer groups this process made sure exist.
     feed_groups: std::sync::Mutex<std::collections::HashSet<String>>,
     config: Config,
@@ -406,6 +408,7 @@ impl RedisBroker {
             subscriber,
             blocking: OnceCell::new(),
             feed_blocking: OnceCell::new(),
+            feed_watch: OnceCell::new(),
             feed_groups: std::sync::Mutex::new(std::collections::HashSet::new()),
             config,
             names: names.clone(),
@@ -455,6 +458,10 @@ impl RedisBroker {
 
     async fn feed_blocking_client(&self) -> Result<&Client> {
         self.dedicated(&self.feed_blocking).await
+    }
+
+    async fn feed_watch_client(&self) -> Result<&Client> {
+        self.dedicated(&self.feed_watch).await
     }
 
     /// A connection of its own for blocking reads, without a command timeout.
@@ -1197,6 +1204,19 @@ impl Broker for RedisBroker {
 
     async fn feed_group_ack(&self, group: &str, ids: &[String]) -> Result<()> {
         self.group_ack(group, ids).await
+    }
+
+    async fn feed_end(&self) -> Result<String> {
+        self.last_feed_id().await
+    }
+
+    async fn feed_wait(
+        &self,
+        after: &str,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<crate::FeedEntry>> {
+        self.wait_feed(after, limit, wait).await
     }
 
     async fn events_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {

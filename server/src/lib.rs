@@ -5,6 +5,7 @@ mod app;
 mod assets;
 mod auth;
 mod error;
+mod feed;
 pub mod jwt;
 mod limits;
 mod metrics;
@@ -66,6 +67,7 @@ pub fn state_with(
         admins: Arc::new(keys.admins()),
     };
     let api = Arc::new(ApiState {
+        feed: feed::FeedWatch::new(Arc::clone(&broker), shutdown.clone()),
         broker,
         catalogue,
         live_toolchains: verdict_broker::LiveToolchains::default(),

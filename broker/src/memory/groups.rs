@@ -152,6 +152,28 @@ impl MemoryBroker {
         }
     }
 
+    /// [`crate::Broker::feed_wait`]: the entries after `after`, waiting up to `wait` for one.
+    pub(super) async fn feed_wait_for(
+        &self,
+        after: &str,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<FeedEntry>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.feed_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let entries = self.entries_after(after, limit);
+            if !entries.is_empty() {
+                return Ok(entries);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
     /// The trait method: reads now, or for [`FeedRead::New`] waits up to its `wait`.
     pub(super) async fn group_read(
         &self,

@@ -322,6 +322,25 @@ impl MemoryBroker {
         moved
     }
 
+    /// The feed's entries after id `after` whose records are kept, oldest first.
+    fn entries_after(&self, after: &str, limit: usize) -> Vec<crate::FeedEntry> {
+        let after = groups::entry_number(after);
+        let state = self.state();
+        state
+            .feed
+            .iter()
+            .filter(|(n, _)| *n > after)
+            .filter_map(|(n, id)| {
+                let record = state.records.get(id).filter(|r| r.done)?;
+                Some(crate::FeedEntry {
+                    id: format!("{n}-0"),
+                    submission: record.submission.clone(),
+                })
+            })
+            .take(limit.max(1))
+            .collect()
+    }
+
     /// Room the log still has for output-bearing events (`None`: no cap).
     fn log_room(&self, record: &Record) -> Option<u64> {
         let cap = self.settings.max_retained_bytes_per_submission;
@@ -559,25 +578,24 @@ impl Broker for MemoryBroker {
     }
 
     async fn finished_after(&self, after: &str, limit: usize) -> Result<Vec<crate::FeedEntry>> {
-        let after: u64 = after
-            .split('-')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        let state = self.state();
-        Ok(state
+        Ok(self.entries_after(after, limit))
+    }
+
+    async fn feed_end(&self) -> Result<String> {
+        Ok(self
+            .state()
             .feed
-            .iter()
-            .filter(|(n, _)| *n > after)
-            .filter_map(|(n, id)| {
-                let record = state.records.get(id).filter(|r| r.done)?;
-                Some(crate::FeedEntry {
-                    id: format!("{n}-0"),
-                    submission: record.submission.clone(),
-                })
-            })
-            .take(limit.max(1))
-            .collect())
+            .back()
+            .map_or_else(|| "0".to_owned(), |(n, _)| format!("{n}-0")))
+    }
+
+    async fn feed_wait(
+        &self,
+        after: &str,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<crate::FeedEntry>> {
+        self.feed_wait_for(after, limit, wait).await
     }
 
     async fn feed_group_read(

@@ -149,6 +149,36 @@ impl RedisBroker {
         }
     }
 
+    /// The newest entry's id (XREVRANGE), `"0"` when the stream is empty or missing.
+    pub(super) async fn last_feed_id(&self) -> Result<String> {
+        let newest: Vec<(String, std::collections::HashMap<String, String>)> = self
+            .client
+            .xrevrange(self.names.finished(), "+", "-", Some(1))
+            .await?;
+        Ok(newest
+            .into_iter()
+            .next()
+            .map_or_else(|| "0".to_owned(), |(id, _)| id))
+    }
+
+    /// XREAD BLOCK after `after`, on a connection of its own.
+    pub(super) async fn wait_feed(
+        &self,
+        after: &str,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<FeedEntry>> {
+        let client = self.feed_watch_client().await?;
+        let key = self.names.finished();
+        let count = limit.max(1).to_string();
+        let block = wait.as_millis().max(1).to_string();
+        let args = vec!["COUNT", &count, "BLOCK", &block, "STREAMS", &key, after];
+        let reply: Value = client
+            .custom(CustomCommand::new("XREAD", ClusterHash::Custom(0), true), args)
+            .await?;
+        Ok(read_reply(reply)?.entries)
+    }
+
     pub(super) async fn group_ack(&self, group: &str, ids: &[String]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
