@@ -136,6 +136,7 @@ pub(crate) fn settings(args: &BrokerArgs) -> BrokerSettings {
         max_queue: args.max_queue,
         visibility_timeout: Duration::from_millis(args.visibility_timeout_ms.max(100)),
         max_unfinished_per_owner: args.max_unfinished_per_key,
+        max_unfinished_per_user: args.user_max_unfinished,
         max_retained_bytes_per_submission: args.max_retained_bytes_per_submission,
         max_retained_bytes: args.max_retained_mb.saturating_mul(1024 * 1024),
         feed_max_len: args.feed_max_len,

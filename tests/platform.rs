@@ -547,3 +547,161 @@ async fn public_keys_by_kid_from_jwks_and_pem() {
     );
     assert_refused(&server, &token, "PEM: HS256 key confusion").await;
 }
+
+/// A small Kattis package `id` (one hidden test: a + b) under `dir`.
+fn package(dir: &TempDir, id: &str) {
+    let root = dir.path().join("problems").join(id);
+    std::fs::create_dir_all(root.join("data/secret")).unwrap();
+    std::fs::write(root.join("problem.yaml"), format!("name: {id}\n")).unwrap();
+    std::fs::write(root.join("data/secret/1.in"), "1 2\n").unwrap();
+    std::fs::write(root.join("data/secret/1.ans"), "3\n").unwrap();
+}
+
+const A_PLUS_B: &str = "a, b = map(int, input().split())\nprint(a + b)\n";
+
+#[tokio::test]
+async fn an_open_websocket_closes_4403_when_its_token_expires() {
+    let dir = TempDir::new("verdict-platform");
+    let secret = write(&dir, "secret", SECRET);
+    let server = standalone(false, &["--jwt-hs256-secret-file", &secret]);
+    // Valid for 2 more seconds (plus the verifier's 5 s of leeway for clock skew).
+    let token = hs256(SECRET, &json!({ "sub": "alice", "exp": now() + 2 }));
+    let opened = std::time::Instant::now();
+    let Init::Ack(mut ws) = ws_init(&server, &token).await else {
+        panic!("a valid token was refused")
+    };
+    let code = loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), ws.socket.next())
+            .await
+            .expect("closed within 30 s");
+        match next {
+            Some(Ok(Message::Close(frame))) => break frame.map_or(1005, |f| u16::from(f.code)),
+            Some(Ok(Message::Text(text))) if text.contains("\"ping\"") => {
+                let pong = json!({ "type": "pong" }).to_string();
+                ws.socket.send(Message::text(pong)).await.unwrap();
+            }
+            Some(Ok(_)) => {}
+            other => panic!("ended without a close frame: {other:?}"),
+        }
+    };
+    let took = opened.elapsed();
+    assert_eq!(code, 4403);
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(12),
+        "closed after {took:?}"
+    );
+    println!(
+        "token expiry: the open WebSocket closed with 4403 after {took:?} (exp +2 s, leeway 5 s)"
+    );
+}
+
+#[tokio::test]
+async fn the_problems_claim_and_jwt_problems_only_limit_what_a_token_submits() {
+    let dir = TempDir::new("verdict-platform");
+    let secret = write(&dir, "secret", SECRET);
+    package(&dir, "p1");
+    package(&dir, "p2");
+    let problems = dir.path().join("problems").display().to_string();
+    let server = standalone(
+        false,
+        &[
+            "--jwt-hs256-secret-file",
+            &secret,
+            "--jwt-problems-only",
+            "--problems-dir",
+            &problems,
+        ],
+    );
+    let only_p1 = hs256(
+        SECRET,
+        &json!({ "sub": "carol", "exp": now() + 600, "verdict": { "problems": ["p1"] } }),
+    );
+    let any = hs256(SECRET, &json!({ "sub": "dave", "exp": now() + 600 }));
+    let to =
+        |p: &str| json!({ "i": { "problemId": p, "language": "python3", "source": A_PLUS_B } });
+    let free = json!({ "i": { "language": "python3", "source": "print(1)" } });
+
+    let (_, body) = post(&server, &only_p1, SUBMIT, to("p1")).await;
+    assert_eq!(body["data"]["submit"]["status"], "QUEUED", "{body}");
+    let (_, body) = post(&server, &only_p1, SUBMIT, to("p2")).await;
+    assert_eq!(code(&body), Some("FORBIDDEN"), "outside its claim: {body}");
+    let (_, body) = post(&server, &any, SUBMIT, to("p2")).await;
+    assert_eq!(
+        body["data"]["submit"]["status"], "QUEUED",
+        "no claim: any problem: {body}"
+    );
+    for token in [&only_p1, &any] {
+        let (_, body) = post(&server, token, SUBMIT, free.clone()).await;
+        assert_eq!(
+            code(&body),
+            Some("FORBIDDEN"),
+            "--jwt-problems-only: {body}"
+        );
+        assert!(body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("problems-only"));
+    }
+}
+
+#[tokio::test]
+async fn end_users_have_their_own_quotas() {
+    let dir = TempDir::new("verdict-platform");
+    let secret = write(&dir, "secret", SECRET);
+    let server = standalone(
+        false,
+        &[
+            "--jwt-hs256-secret-file",
+            &secret,
+            "--user-submits-per-minute",
+            "3",
+            "--user-max-unfinished",
+            "2",
+            "--user-max-ws",
+            "1",
+        ],
+    );
+    let erin = hs256(SECRET, &json!({ "sub": "erin", "exp": now() + 600 }));
+    let frank = hs256(SECRET, &json!({ "sub": "frank", "exp": now() + 600 }));
+    let slow = json!({ "i": { "language": "python3", "source": "import time\ntime.sleep(3)" } });
+    // Two unfinished at once; the third waits for one of them.
+    for _ in 0..2 {
+        let (_, body) = post(&server, &erin, SUBMIT, slow.clone()).await;
+        assert_eq!(body["data"]["submit"]["status"], "QUEUED", "{body}");
+    }
+    let (_, body) = post(&server, &erin, SUBMIT, slow.clone()).await;
+    assert_eq!(
+        code(&body),
+        Some("RATE_LIMITED"),
+        "unfinished quota: {body}"
+    );
+    let quota = body.clone();
+    // Another user is not held up by erin's quota.
+    let (_, body) = post(&server, &frank, SUBMIT, slow.clone()).await;
+    assert_eq!(body["data"]["submit"]["status"], "QUEUED", "{body}");
+    // The unfinished quota says "retry in a second"; the rate (3 a minute, the refused
+    // submit above counted too) says when the next token comes, about 20 s away.
+    assert_eq!(
+        quota["errors"][0]["extensions"]["retryAfterMs"], 1000,
+        "{quota}"
+    );
+    let quick = json!({ "i": { "language": "python3", "source": "print(1)" } });
+    let (_, body) = post(&server, &erin, SUBMIT, quick).await;
+    assert_eq!(code(&body), Some("RATE_LIMITED"), "rate: {body}");
+    let wait = body["errors"][0]["extensions"]["retryAfterMs"]
+        .as_u64()
+        .unwrap();
+    assert!(wait > 5_000, "the rate's wait, not the quota's: {body}");
+    // One WebSocket per user.
+    let Init::Ack(_first) = ws_init(&server, &frank).await else {
+        panic!("first connection refused")
+    };
+    match ws_init(&server, &frank).await {
+        Init::Closed(code) => assert_eq!(code, 4429),
+        Init::Ack(_) => panic!("a second connection for one user was accepted"),
+    }
+    assert!(
+        matches!(ws_init(&server, &erin).await, Init::Ack(_)),
+        "erin has her own"
+    );
+}

@@ -67,6 +67,8 @@ pub struct BrokerSettings {
     /// Unfinished (queued or running) submissions one API key may have at once; 0 = no
     /// limit. Submissions without an owner are not counted.
     pub max_unfinished_per_owner: u64,
+    /// The same for end users (owners `user:<sub>`, from JWTs); 0 = no limit.
+    pub max_unfinished_per_user: u64,
     /// Bytes one submission may keep in its record and event log together (0 = no cap).
     /// Without it one submission within the output limits (100 tests x 64 MiB) could
     /// hold gigabytes until its TTL. Live output stops being logged once the log holds
@@ -92,10 +94,22 @@ impl Default for BrokerSettings {
             max_queue: 10_000,
             visibility_timeout: Duration::from_secs(10),
             max_unfinished_per_owner: 0,
+            max_unfinished_per_user: 0,
             max_retained_bytes_per_submission: DEFAULT_MAX_RETAINED_PER_SUBMISSION,
             max_retained_bytes: retention::default_max_retained_mb() * 1024 * 1024,
             worker_alive: Duration::from_secs(3),
             feed_max_len: DEFAULT_FEED_MAX_LEN,
+        }
+    }
+}
+
+impl BrokerSettings {
+    /// The unfinished-submission cap of `owner`: end users (`user:<sub>`) have their own.
+    pub fn unfinished_cap(&self, owner: &str) -> u64 {
+        if owner.starts_with("user:") {
+            self.max_unfinished_per_user
+        } else {
+            self.max_unfinished_per_owner
         }
     }
 }

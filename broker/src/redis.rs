@@ -955,7 +955,9 @@ impl Broker for RedisBroker {
                     job_json,
                     self.settings.max_queue.to_string(),
                     GROUP.to_owned(),
-                    self.settings.max_unfinished_per_owner.to_string(),
+                    owner
+                        .map_or(0, |o| self.settings.unfinished_cap(o))
+                        .to_string(),
                     if owner.is_some() { "1" } else { "0" }.to_owned(),
                 ],
             )

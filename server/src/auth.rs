@@ -36,8 +36,11 @@ pub enum Caller {
         owner: Arc<str>,
         /// The token's `exp` (unix seconds).
         exp: u64,
-        /// The token's `verdict.problems` claim, when present.
+        /// The token's `verdict.problems` claim, when present: the only problems it may
+        /// submit to.
         problems: Option<Arc<[String]>>,
+        /// May it make free-form runs (no `problemId`)? Not with `--jwt-problems-only`.
+        free_runs: bool,
     },
 }
 
@@ -55,6 +58,29 @@ impl Caller {
     /// ownerless submissions; a key sees only its own.
     pub fn may_see(&self, owner: Option<&str>) -> bool {
         self.owner() == owner
+    }
+
+    /// May this caller submit to `problem` (`None`: a free-form run)? Keys and an open
+    /// API may; an end-user token within its `verdict.problems` claim and
+    /// `--jwt-problems-only`. The error says which rule refused it.
+    pub fn may_submit(&self, problem: Option<&str>) -> Result<(), String> {
+        let Caller::User {
+            problems,
+            free_runs,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        match problem {
+            None if !free_runs => {
+                Err("this token may only submit to problems (free-form runs are off: --jwt-problems-only)".into())
+            }
+            Some(p) if problems.as_ref().is_some_and(|list| !list.iter().any(|x| x == p)) => {
+                Err(format!("this token may not submit to problem \"{p}\" (its verdict.problems claim)"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The rate-limit bucket: the key name, else the IP address.
@@ -207,6 +233,7 @@ impl ApiKeys {
                 owner: format!("user:{}", user.sub).into(),
                 exp: user.exp,
                 problems: user.problems.map(Into::into),
+                free_runs: !jwt.problems_only(),
             });
         }
         // A lookup by digest: comparing digests, not keys, so timing reveals nothing

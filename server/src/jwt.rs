@@ -100,6 +100,8 @@ pub struct JwtVerifier {
     public: Vec<PublicKey>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// `--jwt-problems-only`: tokens may submit to problems only, not free-form runs.
+    problems_only: bool,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -154,6 +156,18 @@ impl JwtVerifier {
     pub fn with_audience(mut self, audience: Option<String>) -> Self {
         self.audience = audience;
         self
+    }
+
+    /// `--jwt-problems-only`: a token may make problem submissions only, so a platform
+    /// that hands tokens to its users does not also hand them a free code runner.
+    pub fn with_problems_only(mut self, on: bool) -> Self {
+        self.problems_only = on;
+        self
+    }
+
+    /// True with `--jwt-problems-only`.
+    pub fn problems_only(&self) -> bool {
+        self.problems_only
     }
 
     /// Reads the HS256 secret file (surrounding whitespace is trimmed).

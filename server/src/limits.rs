@@ -44,6 +44,11 @@ pub struct ApiLimits {
     pub submits_per_minute: u32,
     /// Submits allowed at once before the rate applies (default: one minute's worth).
     pub submit_burst: Option<u32>,
+    /// Submits per minute per end user (`user:<sub>`, a JWT); 0 = unlimited. Lower than
+    /// a key's: a key is a platform's backend, a user is one person.
+    pub user_submits_per_minute: u32,
+    /// Open WebSocket connections per end user (all servers, when `shared`).
+    pub max_ws_per_user: usize,
     /// Open WebSocket connections per client IP; 0 = unlimited.
     pub max_ws_per_ip: usize,
     /// Open WebSocket connections per API key (all servers, when `shared`); 0 = unlimited.
@@ -82,6 +87,8 @@ impl Default for ApiLimits {
         ApiLimits {
             shared: None,
             submits_per_minute: 120,
+            user_submits_per_minute: 30,
+            max_ws_per_user: 8,
             submit_burst: None,
             max_ws_per_ip: 1024,
             max_ws_per_key: 1024,
@@ -129,6 +136,7 @@ pub struct Access {
     pub keys: ApiKeys,
     pub limits: ApiLimits,
     submits: TokenBuckets,
+    user_submits: TokenBuckets,
     ws_per_ip: Mutex<HashMap<IpAddr, usize>>,
     ws_per_key: Mutex<HashMap<Arc<str>, usize>>,
 }
@@ -138,6 +146,10 @@ impl Access {
         let burst = limits.submit_burst.unwrap_or(limits.submits_per_minute);
         Access {
             submits: TokenBuckets::new(limits.submits_per_minute, burst),
+            user_submits: TokenBuckets::new(
+                limits.user_submits_per_minute,
+                limits.user_submits_per_minute,
+            ),
             keys,
             limits,
             ws_per_ip: Mutex::new(HashMap::new()),
@@ -148,23 +160,27 @@ impl Access {
     /// Takes one submit from `caller`'s bucket, or says how long to wait.
     pub async fn take_submit(&self, caller: &Caller) -> Result<(), Duration> {
         let bucket = caller.bucket();
-        let limit = self
-            .limits
-            .submit_burst
-            .unwrap_or(self.limits.submits_per_minute);
+        let user = matches!(caller, Caller::User { .. });
+        let (rate, limit, local) = if user {
+            let rate = self.limits.user_submits_per_minute;
+            (rate, rate, &self.user_submits)
+        } else {
+            let rate = self.limits.submits_per_minute;
+            (rate, self.limits.submit_burst.unwrap_or(rate), &self.submits)
+        };
         match &self.limits.shared {
-            Some(redis) if self.limits.submits_per_minute > 0 => {
+            Some(redis) if rate > 0 => {
                 match redis.take_submit(&bucket, limit).await {
                     Ok(verdict) => verdict,
                     Err(e) => {
                         // Redis trouble must not stop submits that Redis may still take;
                         // fall back to this process's count.
                         tracing::warn!(error = %e, "shared rate counter unavailable");
-                        self.submits.take(&bucket)
+                        local.take(&bucket)
                     }
                 }
             }
-            _ => self.submits.take(&bucket),
+            _ => local.take(&bucket),
         }
     }
 
@@ -195,7 +211,11 @@ impl Access {
             Caller::Key { name } | Caller::User { owner: name, .. } => name,
             Caller::Anonymous { .. } => return Some(KeySlot(None)),
         };
-        let max = self.limits.max_ws_per_key;
+        let max = if matches!(caller, Caller::User { .. }) {
+            self.limits.max_ws_per_user
+        } else {
+            self.limits.max_ws_per_key
+        };
         if let Some(shared) = &self.limits.shared {
             let bucket = caller.bucket();
             match shared.open_connection(&bucket, max).await {

@@ -622,6 +622,9 @@ impl MutationRoot {
     async fn submit(&self, ctx: &Context<'_>, input: SubmitInput) -> Result<Submission> {
         let s = state(ctx)?;
         let problem_id = input.problem_id.clone();
+        caller(ctx)
+            .may_submit(problem_id.as_ref().map(|p| p.as_str()))
+            .map_err(|why| ApiError::Forbidden(why).extend())?;
         if problem_id.is_some() {
             crate::problems::check_problem_submit(
                 input.stdin.is_some(),

@@ -243,7 +243,18 @@ impl State {
             keepalive_every,
         );
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // An end user's token ends the connection when it expires: 4403, so that the
+        // client reconnects with a fresh token (README, "End-user tokens").
+        let expiry = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+        tokio::pin!(expiry);
+        let mut expiry_armed = false;
         loop {
+            if !expiry_armed {
+                if let Some(at) = self.token_expiry() {
+                    expiry.as_mut().reset(at);
+                    expiry_armed = true;
+                }
+            }
             tokio::select! {
                 // Events that are ready go out before a shutdown closes the socket: a
                 // stream that delivered its FinishedEvent still gets its `complete`.
@@ -271,6 +282,9 @@ impl State {
                     // WebSocket-level ping/pong is handled by tungstenite.
                     Some(Ok(_)) => {}
                 },
+                () = &mut expiry, if expiry_armed => {
+                    return Err(Close::new(4403, "Forbidden: the token expired"));
+                }
                 () = &mut init_deadline, if !self.init_received => {
                     return Err(Close::new(4408, "Connection initialisation timeout"));
                 }
@@ -288,6 +302,16 @@ impl State {
                 }
             }
         }
+    }
+
+    /// When the connection's end-user token expires (with the verifier's leeway).
+    fn token_expiry(&self) -> Option<tokio::time::Instant> {
+        let Some(crate::auth::Caller::User { exp, .. }) = &self.conn.caller else {
+            return None;
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let left = exp.saturating_add(crate::jwt::LEEWAY_SECS).saturating_sub(now);
+        Some(tokio::time::Instant::now() + Duration::from_secs(left))
     }
 
     async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), Close> {

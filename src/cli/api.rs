@@ -36,6 +36,13 @@ pub(crate) struct ApiArgs {
     /// 0 = unlimited.
     #[arg(long, env = "VERDICT_MAX_WS_PER_KEY", default_value_t = 1024)]
     pub(crate) max_ws_per_key: usize,
+    /// Submits per minute per end user (a JWT's `sub`); 0 = unlimited.
+    #[arg(long, env = "VERDICT_USER_SUBMITS_PER_MINUTE", default_value_t = 30)]
+    pub(crate) user_submits_per_minute: u32,
+    /// Open WebSocket connections per end user (on all servers together on Redis);
+    /// 0 = unlimited.
+    #[arg(long, env = "VERDICT_USER_MAX_WS", default_value_t = 8)]
+    pub(crate) user_max_ws: usize,
     /// Concurrent operations per WebSocket connection.
     #[arg(
         long,
@@ -87,13 +94,17 @@ pub(crate) struct JwtArgs {
     /// Required `aud` of end-user JWTs, when set.
     #[arg(long, env = "VERDICT_JWT_AUDIENCE")]
     pub(crate) jwt_audience: Option<String>,
+    /// End-user tokens may submit to problems only (no free-form runs).
+    #[arg(long, env = "VERDICT_JWT_PROBLEMS_ONLY")]
+    pub(crate) jwt_problems_only: bool,
 }
 
 impl JwtArgs {
     pub(crate) fn verifier(&self) -> Result<verdict_server::jwt::JwtVerifier, BoxError> {
         let mut v = verdict_server::jwt::JwtVerifier::new()
             .with_issuer(self.jwt_issuer.clone())
-            .with_audience(self.jwt_audience.clone());
+            .with_audience(self.jwt_audience.clone())
+            .with_problems_only(self.jwt_problems_only);
         if let Some(path) = &self.jwt_hs256_secret_file {
             v = v.load_hs256_secret(path)?;
         }
@@ -149,6 +160,8 @@ impl ApiArgs {
             submits_per_minute: self.submits_per_minute,
             max_ws_per_ip: self.max_ws_per_ip,
             max_ws_per_key: self.max_ws_per_key,
+            user_submits_per_minute: self.user_submits_per_minute,
+            max_ws_per_user: self.user_max_ws,
             max_subscriptions_per_connection: self.max_subscriptions_per_connection,
             connection_init_timeout: Duration::from_millis(self.ws_init_timeout_ms),
             keepalive: Duration::from_millis(self.ws_keepalive_ms),

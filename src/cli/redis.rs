@@ -67,6 +67,9 @@ pub(crate) struct BrokerArgs {
     /// limit. Shared by all servers through Redis. Open APIs (no keys) are not counted.
     #[arg(long, env = "VERDICT_MAX_UNFINISHED_PER_KEY", default_value_t = 32)]
     pub(crate) max_unfinished_per_key: u64,
+    /// Unfinished submissions one end user (a JWT's `sub`) may have at once; 0 = no limit.
+    #[arg(long, env = "VERDICT_USER_MAX_UNFINISHED", default_value_t = 4)]
+    pub(crate) user_max_unfinished: u64,
     /// Bytes one submission may keep (record and events, all tests); submits asking for
     /// more output (tests x outputBytes) are refused. 0 = no cap.
     #[arg(

@@ -360,7 +360,7 @@ impl Broker for MemoryBroker {
                 return Err(BrokerError::QueueFull(waiting));
             }
             if let Some(owner) = &job.submission.owner {
-                let cap = self.settings.max_unfinished_per_owner;
+                let cap = self.settings.unfinished_cap(owner);
                 let busy = state.unfinished.entry(owner.clone()).or_default();
                 if cap > 0 && *busy >= cap {
                     return Err(BrokerError::OwnerBusy(*busy));
