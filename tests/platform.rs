@@ -705,3 +705,90 @@ async fn end_users_have_their_own_quotas() {
         "erin has her own"
     );
 }
+
+/// OPTIONS /graphql as a browser's preflight from `origin`: (status, allow-origin,
+/// allow-headers).
+async fn preflight(server: &Server, origin: &str) -> (u16, Option<String>, Option<String>) {
+    let res = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/graphql", server.http()),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    let get = |name: &str| {
+        res.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    (
+        res.status().as_u16(),
+        get("access-control-allow-origin"),
+        get("access-control-allow-headers"),
+    )
+}
+
+/// A WebSocket upgrade with `Origin: origin` (None: no header): the HTTP status.
+async fn ws_upgrade_status(server: &Server, origin: Option<&str>) -> u16 {
+    let mut request = server.ws("/graphql").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn cors_and_websocket_origins_are_allowed_only_for_the_configured_sites() {
+    const SITE: &str = "https://challenge.example";
+    const OTHER: &str = "https://evil.example";
+    let server = standalone(false, &["--cors-origin", SITE, "--ws-allowed-origin", SITE]);
+    let (status, origin, headers) = preflight(&server, SITE).await;
+    assert!(status < 300, "preflight allowed: {status}");
+    assert_eq!(origin.as_deref(), Some(SITE));
+    assert!(headers.unwrap_or_default().contains("authorization"));
+    let (_, origin, _) = preflight(&server, OTHER).await;
+    assert_eq!(origin, None, "another origin gets no CORS headers");
+    let res = reqwest::Client::new()
+        .post(format!("{}/graphql", server.http()))
+        .header("origin", SITE)
+        .json(&json!({ "query": "{ languages { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some(SITE)
+    );
+    assert_eq!(ws_upgrade_status(&server, Some(SITE)).await, 101);
+    assert_eq!(ws_upgrade_status(&server, Some(OTHER)).await, 403);
+    assert_eq!(
+        ws_upgrade_status(&server, None).await,
+        101,
+        "non-browser clients"
+    );
+
+    // Without the flags: no CORS headers at all, and any origin may open a socket.
+    let plain = standalone(false, &[]);
+    let (_, origin, _) = preflight(&plain, SITE).await;
+    assert_eq!(origin, None);
+    assert_eq!(ws_upgrade_status(&plain, Some(OTHER)).await, 101);
+}

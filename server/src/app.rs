@@ -41,14 +41,41 @@ pub struct AppState {
 
 /// The router; a test can drive it without a socket.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let cors = cors(&state.access.limits.cors_origins);
+    let router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::assets::router())
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+/// `--cors-origin`: tower-http's CORS layer for exactly those origins (a preflight from
+/// any other gets no CORS headers, so the browser refuses the call). Credentials travel
+/// in `Authorization`, never cookies, so no `Allow-Credentials`.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allowed: Vec<header::HeaderValue> = origins
+        .iter()
+        .filter_map(|o| header::HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    if allowed.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(allowed))
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 const JSON: &str = "application/json; charset=utf-8";
@@ -450,6 +477,24 @@ async fn websocket_from(state: AppState, parts: &mut Parts) -> Response {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
+    // `--ws-allowed-origin`: a browser page from another origin may not open a socket.
+    let allowed = &state.access.limits.ws_allowed_origins;
+    if !allowed.is_empty() {
+        let origin = parts
+            .headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        if let Some(origin) = origin {
+            if !allowed.iter().any(|a| a.trim_end_matches('/') == origin) {
+                tracing::debug!(origin, "WebSocket upgrade from an origin not allowed");
+                return (
+                    StatusCode::FORBIDDEN,
+                    "this origin may not open a WebSocket\n",
+                )
+                    .into_response();
+            }
+        }
+    }
     let ip = peer_ip(parts);
     // A key in the upgrade request's header (non-browser clients) is checked now; browsers
     // cannot set headers on a WebSocket and send it in connection_init instead.

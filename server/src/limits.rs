@@ -73,6 +73,12 @@ pub struct ApiLimits {
     /// cheap-per-field amplification aliases allow (the same resolver many times under
     /// different names). 0 = unlimited.
     pub max_aliases: usize,
+    /// `--cors-origin`: browser origins (`https://site.example`) answered with CORS
+    /// headers, preflights included. Empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
+    /// `--ws-allowed-origin`: the origins a WebSocket upgrade may come from. Empty: any
+    /// (a request without `Origin`, from a non-browser client, is always let through).
+    pub ws_allowed_origins: Vec<String>,
     /// Allow schema introspection (`__schema`, `__type`); switch off in production if
     /// the schema should not be browsable.
     pub introspection: bool,
@@ -88,6 +94,8 @@ impl Default for ApiLimits {
             shared: None,
             submits_per_minute: 120,
             user_submits_per_minute: 30,
+            cors_origins: Vec::new(),
+            ws_allowed_origins: Vec::new(),
             max_ws_per_user: 8,
             submit_burst: None,
             max_ws_per_ip: 1024,
@@ -166,7 +174,11 @@ impl Access {
             (rate, rate, &self.user_submits)
         } else {
             let rate = self.limits.submits_per_minute;
-            (rate, self.limits.submit_burst.unwrap_or(rate), &self.submits)
+            (
+                rate,
+                self.limits.submit_burst.unwrap_or(rate),
+                &self.submits,
+            )
         };
         match &self.limits.shared {
             Some(redis) if rate > 0 => {

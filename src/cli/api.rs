@@ -36,6 +36,22 @@ pub(crate) struct ApiArgs {
     /// 0 = unlimited.
     #[arg(long, env = "VERDICT_MAX_WS_PER_KEY", default_value_t = 1024)]
     pub(crate) max_ws_per_key: usize,
+    /// Answer CORS preflights and set CORS headers for this browser origin (repeatable,
+    /// e.g. `--cors-origin https://challenge.example`). Without it: no CORS headers.
+    #[arg(
+        long = "cors-origin",
+        env = "VERDICT_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub(crate) cors_origins: Vec<String>,
+    /// Accept WebSocket upgrades only from this origin (repeatable); requests without an
+    /// `Origin` header (non-browser clients) are unaffected. Without it: any origin.
+    #[arg(
+        long = "ws-allowed-origin",
+        env = "VERDICT_WS_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub(crate) ws_allowed_origins: Vec<String>,
     /// Submits per minute per end user (a JWT's `sub`); 0 = unlimited.
     #[arg(long, env = "VERDICT_USER_SUBMITS_PER_MINUTE", default_value_t = 30)]
     pub(crate) user_submits_per_minute: u32,
@@ -162,6 +178,8 @@ impl ApiArgs {
             max_ws_per_key: self.max_ws_per_key,
             user_submits_per_minute: self.user_submits_per_minute,
             max_ws_per_user: self.user_max_ws,
+            cors_origins: self.cors_origins.clone(),
+            ws_allowed_origins: self.ws_allowed_origins.clone(),
             max_subscriptions_per_connection: self.max_subscriptions_per_connection,
             connection_init_timeout: Duration::from_millis(self.ws_init_timeout_ms),
             keepalive: Duration::from_millis(self.ws_keepalive_ms),
