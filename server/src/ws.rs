@@ -310,7 +310,9 @@ impl State {
             return None;
         };
         let now = jsonwebtoken::get_current_timestamp();
-        let left = exp.saturating_add(crate::jwt::LEEWAY_SECS).saturating_sub(now);
+        let left = exp
+            .saturating_add(crate::jwt::LEEWAY_SECS)
+            .saturating_sub(now);
         Some(tokio::time::Instant::now() + Duration::from_secs(left))
     }
 
