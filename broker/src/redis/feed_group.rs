@@ -174,7 +174,10 @@ impl RedisBroker {
         let block = wait.as_millis().max(1).to_string();
         let args = vec!["COUNT", &count, "BLOCK", &block, "STREAMS", &key, after];
         let reply: Value = client
-            .custom(CustomCommand::new("XREAD", ClusterHash::Custom(0), true), args)
+            .custom(
+                CustomCommand::new("XREAD", ClusterHash::Custom(0), true),
+                args,
+            )
             .await?;
         Ok(read_reply(reply)?.entries)
     }
